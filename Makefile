@@ -1,0 +1,60 @@
+# ztpd — every install step lives here, so a fresh Debian 12 machine (as root) needs only `make`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Debian packages: runtime tools, the real protocol peers the tests talk to, and the VM stack.
+APT_PACKAGES := python3 python3-venv iproute2 curl ca-certificates \
+	dnsmasq-base kea-dhcp4-server kea-admin udhcpc isc-dhcp-client tcpdump \
+	tftp-hpa atftp ipxe ovmf qemu-system-x86 busybox-static systemd
+# Demo state stays in the checkout, never in /var/lib.
+DEMO_STATE := state/demo
+
+.PHONY: all deps apt venv lint typecheck unit test demo check clean
+
+all: test
+
+# apt-get is skipped when every package is already installed (keeps `make` idempotent and offline-safe).
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		created=0; \
+		if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; created=1; fi; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; rc=$$?; \
+		if [ $$created = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi; \
+		exit $$rc; \
+	fi
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+deps: apt venv
+
+lint: venv
+	$(BIN)/ruff check ztpd tests bench
+	$(BIN)/ruff format --check ztpd tests bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: deps lint typecheck
+	$(BIN)/pytest -p no:cacheprovider tests
+
+check: venv
+	$(BIN)/ztpd check
+
+demo: deps
+	@mkdir -p $(DEMO_STATE)
+	ZTPD_STATE_DIR=$(DEMO_STATE) $(BIN)/ztpd serve
+
+clean:
+	rm -rf $(VENV) state .mypy_cache .ruff_cache .pytest_cache
