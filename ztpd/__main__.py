@@ -1,0 +1,3 @@
+from ztpd.cli import main
+
+raise SystemExit(main())
