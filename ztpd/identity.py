@@ -14,21 +14,44 @@ from dataclasses import dataclass
 _MAC_HEX = re.compile(r"^[0-9a-f]{12}$")
 
 # SMBIOS placeholders seen in the field; such values identify nothing.
-BOGUS_UUIDS = frozenset({
-    "00000000-0000-0000-0000-000000000000",
-    "ffffffff-ffff-ffff-ffff-ffffffffffff",
-    "03000200-0400-0500-0006-000700080009",  # AMI BIOS default
-})
-BOGUS_SERIALS = frozenset(s.casefold() for s in (
-    "", "0", "00000000", "0123456789", "1234567890", "123456789", "none", "n/a", "na",
-    "not specified", "not applicable", "default string", "to be filled by o.e.m.",
-    "system serial number", "chassis serial number", "serial", "xxxxxxxx", "empty",
-    "invalid", "unknown", "oem", "o.e.m.",
-))
+BOGUS_UUIDS = frozenset(
+    {
+        "00000000-0000-0000-0000-000000000000",
+        "ffffffff-ffff-ffff-ffff-ffffffffffff",
+        "03000200-0400-0500-0006-000700080009",  # AMI BIOS default
+    }
+)
+BOGUS_SERIALS = frozenset(
+    s.casefold()
+    for s in (
+        "",
+        "0",
+        "00000000",
+        "0123456789",
+        "1234567890",
+        "123456789",
+        "none",
+        "n/a",
+        "na",
+        "not specified",
+        "not applicable",
+        "default string",
+        "to be filled by o.e.m.",
+        "system serial number",
+        "chassis serial number",
+        "serial",
+        "xxxxxxxx",
+        "empty",
+        "invalid",
+        "unknown",
+        "oem",
+        "o.e.m.",
+    )
+)
 
 
 def normalize_mac(value: str) -> str:
-    """``AA-BB-CC-DD-EE-FF``, ``aabb.ccdd.eeff`` or ``01:aa:...`` (PXE hwtype prefix) → ``aa:bb:..``."""
+    """``AA-BB-CC-DD-EE-FF``, ``aabb.ccdd.eeff``, ``01-aa-..`` (PXE hwtype) → ``aa:bb:..``."""
     hexdigits = re.sub(r"[^0-9a-fA-F]", "", value).lower()
     if len(hexdigits) == 14 and hexdigits.startswith("01"):  # iPXE/pxelinux "01-" hwtype
         hexdigits = hexdigits[2:]
@@ -36,7 +59,7 @@ def normalize_mac(value: str) -> str:
         raise ValueError(f"not a MAC address: {value!r}")
     if hexdigits in ("000000000000", "ffffffffffff"):
         raise ValueError(f"not a usable MAC address: {value!r}")
-    return ":".join(hexdigits[i:i + 2] for i in range(0, 12, 2))
+    return ":".join(hexdigits[i : i + 2] for i in range(0, 12, 2))
 
 
 def normalize_uuid(value: str | None) -> str | None:
@@ -66,8 +89,12 @@ class Identity:
     serial: str | None = None
 
     @classmethod
-    def of(cls, macs: list[str] | tuple[str, ...] = (), uuid: str | None = None,
-           serial: str | None = None) -> Identity:
+    def of(
+        cls,
+        macs: list[str] | tuple[str, ...] = (),
+        uuid: str | None = None,
+        serial: str | None = None,
+    ) -> Identity:
         seen: list[str] = []
         for m in macs:
             try:

@@ -29,11 +29,21 @@ class Node:
     @classmethod
     def from_row(cls, row: dict[str, Any], macs: tuple[str, ...]) -> Node:
         return cls(
-            id=row["id"], state=row["state"], macs=macs, hostname=row["hostname"],
-            uuid=row["uuid"], serial=row["serial"], profile=row["profile"], ip=row["ip"],
-            arch=row["arch"], failed_from=row["failed_from"], reason=row["reason"],
-            deadline=row["deadline"], facts=json.loads(row["facts"] or "{}"),
-            created_at=row["created_at"], updated_at=row["updated_at"],
+            id=row["id"],
+            state=row["state"],
+            macs=macs,
+            hostname=row["hostname"],
+            uuid=row["uuid"],
+            serial=row["serial"],
+            profile=row["profile"],
+            ip=row["ip"],
+            arch=row["arch"],
+            failed_from=row["failed_from"],
+            reason=row["reason"],
+            deadline=row["deadline"],
+            facts=json.loads(row["facts"] or "{}"),
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
             state_since=row["state_since"],
         )
 
@@ -44,11 +54,22 @@ class Node:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "name": self.name, "state": self.state, "macs": list(self.macs),
-            "hostname": self.hostname, "uuid": self.uuid, "serial": self.serial,
-            "profile": self.profile, "ip": self.ip, "arch": self.arch,
-            "failed_from": self.failed_from, "reason": self.reason, "deadline": self.deadline,
-            "facts": self.facts, "created_at": self.created_at, "updated_at": self.updated_at,
+            "id": self.id,
+            "name": self.name,
+            "state": self.state,
+            "macs": list(self.macs),
+            "hostname": self.hostname,
+            "uuid": self.uuid,
+            "serial": self.serial,
+            "profile": self.profile,
+            "ip": self.ip,
+            "arch": self.arch,
+            "failed_from": self.failed_from,
+            "reason": self.reason,
+            "deadline": self.deadline,
+            "facts": self.facts,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
             "state_since": self.state_since,
         }
 
@@ -66,11 +87,25 @@ class Event:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Event:
-        return cls(id=row["id"], ts=row["ts"], node_id=row["node_id"], kind=row["kind"],
-                   from_state=row["from_state"], to_state=row["to_state"], cause=row["cause"],
-                   detail=json.loads(row["detail"] or "{}"))
+        return cls(
+            id=row["id"],
+            ts=row["ts"],
+            node_id=row["node_id"],
+            kind=row["kind"],
+            from_state=row["from_state"],
+            to_state=row["to_state"],
+            cause=row["cause"],
+            detail=json.loads(row["detail"] or "{}"),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "ts": self.ts, "node_id": self.node_id, "kind": self.kind,
-                "from_state": self.from_state, "to_state": self.to_state, "cause": self.cause,
-                "detail": self.detail}
+        return {
+            "id": self.id,
+            "ts": self.ts,
+            "node_id": self.node_id,
+            "kind": self.kind,
+            "from_state": self.from_state,
+            "to_state": self.to_state,
+            "cause": self.cause,
+            "detail": self.detail,
+        }

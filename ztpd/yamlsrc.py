@@ -88,8 +88,11 @@ class _Builder:
     def build(self, node: Node, depth: int = 0) -> Any:
         self.count += 1
         if self.count > MAX_NODES:
-            raise self.fail(node, f"document expands to more than {MAX_NODES} values "
-                                  "(aliases expanding exponentially?)")
+            raise self.fail(
+                node,
+                f"document expands to more than {MAX_NODES} values "
+                "(aliases expanding exponentially?)",
+            )
         if depth > MAX_DEPTH:
             raise self.fail(node, f"nested deeper than {MAX_DEPTH} levels")
         if isinstance(node, ScalarNode):
@@ -114,16 +117,17 @@ class _Builder:
 def parse(text: bytes | str, file: str) -> Doc:
     """Parse one YAML document; every failure is a SourceError naming file:line:column."""
     if isinstance(text, bytes):
-        if len(text) > MAX_BYTES:
+        raw = text
+        if len(raw) > MAX_BYTES:
             raise SourceError([Problem(file, 0, 0, f"file is larger than {MAX_BYTES} bytes")])
-        if b"\0" in text:
+        if b"\0" in raw:
             raise SourceError([Problem(file, 0, 0, "file is binary (contains NUL bytes)")])
         try:
-            text = text.decode("utf-8")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            line = text[: e.start].count(b"\n") + 1
+            line = raw[: e.start].count(b"\n") + 1
             raise SourceError(
-                [Problem(file, line, 1, f"not valid UTF-8 (byte 0x{text[e.start]:02x})")]
+                [Problem(file, line, 1, f"not valid UTF-8 (byte 0x{raw[e.start]:02x})")]
             ) from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -200,8 +204,9 @@ def did_you_mean(word: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def problems_from(err: pydantic.ValidationError, doc: Doc,
-                  model: type[pydantic.BaseModel]) -> list[Problem]:
+def problems_from(
+    err: pydantic.ValidationError, doc: Doc, model: type[pydantic.BaseModel]
+) -> list[Problem]:
     out: list[Problem] = []
     for e in err.errors(include_url=False):
         loc: Path_ = tuple(p for p in e["loc"] if isinstance(p, str | int))

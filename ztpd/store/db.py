@@ -26,8 +26,9 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class Store:
-    def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time,
-                 read_only: bool = False) -> None:
+    def __init__(
+        self, path: Path | str, *, clock: Callable[[], float] = time.time, read_only: bool = False
+    ) -> None:
         self.path = Path(path)
         self.clock = clock
         self._lock = threading.RLock()
@@ -35,8 +36,7 @@ class Store:
         try:
             if read_only:
                 uri = f"file:{self.path}?mode=ro"
-                conn = sqlite3.connect(uri, uri=True, isolation_level=None,
-                                       check_same_thread=False)
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -46,7 +46,8 @@ class Store:
                 conn.close()
                 raise SchemaTooNew(
                     f"{self.path}: database schema version {version} is newer than this ztpd "
-                    f"understands ({SCHEMA_VERSION}); upgrade ztpd, the database was not touched")
+                    f"understands ({SCHEMA_VERSION}); upgrade ztpd, the database was not touched"
+                )
             if not read_only:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = FULL")
@@ -62,8 +63,9 @@ class Store:
         for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
             try:
                 # executescript commits implicitly; BEGIN inside keeps each migration atomic.
-                self.conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {number};"
-                                        "\nCOMMIT;")
+                self.conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {number};\nCOMMIT;"
+                )
             except sqlite3.DatabaseError as e:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
@@ -96,27 +98,45 @@ class Store:
             finally:
                 self._depth = 0
 
-    def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+    def query(
+        self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()
+    ) -> list[dict[str, Any]]:
         with self._lock:
             cur = self.conn.execute(sql, params)
             cols = [d[0] for d in cur.description or ()]
             return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
-    def query_one(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()
-                  ) -> dict[str, Any] | None:
+    def query_one(
+        self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()
+    ) -> dict[str, Any] | None:
         rows = self.query(sql, params)
         return rows[0] if rows else None
 
-    def add_event(self, *, node_id: int | None, kind: str, cause: str,
-                  from_state: str | None = None, to_state: str | None = None,
-                  detail: dict[str, Any] | None = None) -> int:
+    def add_event(
+        self,
+        *,
+        node_id: int | None,
+        kind: str,
+        cause: str,
+        from_state: str | None = None,
+        to_state: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> int:
         """Append one event; inside a caller's transaction it commits with the caller's change."""
         with self.transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO events (ts, node_id, kind, from_state, to_state, cause, detail) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (self.clock(), node_id, kind, from_state, to_state, cause,
-                 json.dumps(detail or {}, sort_keys=True, default=str)))
+                (
+                    self.clock(),
+                    node_id,
+                    kind,
+                    from_state,
+                    to_state,
+                    cause,
+                    json.dumps(detail or {}, sort_keys=True, default=str),
+                ),
+            )
             return int(cur.lastrowid or 0)
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""Numbered schema migrations, applied in order at start-up (``PRAGMA user_version`` = last applied).
+"""Numbered schema migrations, applied in order at start-up (``PRAGMA user_version``: last one).
 
 Never edit a migration that has shipped: add the next one. Each runs in its own transaction.
 """
@@ -21,7 +21,7 @@ MIGRATIONS: list[str] = [
         reason        TEXT,           -- why it is where it is (failures, holds)
         deadline      REAL,           -- when an in-progress state times out (unix time)
         merged_into   INTEGER REFERENCES nodes(id),
-        facts         TEXT NOT NULL DEFAULT '{}',   -- JSON: DHCP/boot facts (vendor class, relay ...)
+        facts         TEXT NOT NULL DEFAULT '{}',   -- JSON: DHCP/boot facts (vendor class ...)
         created_at    REAL NOT NULL,
         updated_at    REAL NOT NULL,
         state_since   REAL NOT NULL

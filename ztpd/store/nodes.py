@@ -30,7 +30,8 @@ class Nodes:
 
     def _macs(self, node_id: int) -> tuple[str, ...]:
         rows = self.store.query(
-            "SELECT mac FROM node_macs WHERE node_id = ? ORDER BY first_seen, mac", (node_id,))
+            "SELECT mac FROM node_macs WHERE node_id = ? ORDER BY first_seen, mac", (node_id,)
+        )
         return tuple(r["mac"] for r in rows)
 
     def _load(self, row: dict[str, Any] | None) -> Node | None:
@@ -43,9 +44,12 @@ class Nodes:
         return node
 
     def by_mac(self, mac: str) -> Node | None:
-        return self._load(self.store.query_one(
-            "SELECT n.* FROM nodes n JOIN node_macs m ON m.node_id = n.id WHERE m.mac = ?",
-            (normalize_mac(mac),)))
+        return self._load(
+            self.store.query_one(
+                "SELECT n.* FROM nodes n JOIN node_macs m ON m.node_id = n.id WHERE m.mac = ?",
+                (normalize_mac(mac),),
+            )
+        )
 
     def by_uuid(self, uuid: str) -> Node | None:
         u = normalize_uuid(uuid)
@@ -54,8 +58,9 @@ class Nodes:
         return self._load(self.store.query_one("SELECT * FROM nodes WHERE uuid = ?", (u,)))
 
     def by_ip(self, ip: str) -> Node | None:
-        return self._load(self.store.query_one(
-            "SELECT * FROM nodes WHERE ip = ? AND merged_into IS NULL", (ip,)))
+        return self._load(
+            self.store.query_one("SELECT * FROM nodes WHERE ip = ? AND merged_into IS NULL", (ip,))
+        )
 
     def find(self, ref: str) -> Node:
         """A node by what a person types: id, MAC, UUID, serial or hostname."""
@@ -70,7 +75,8 @@ class Nodes:
         if node is None:
             rows = self.store.query(
                 "SELECT * FROM nodes WHERE (serial = ? OR hostname = ?) AND merged_into IS NULL",
-                (ref, ref))
+                (ref, ref),
+            )
             if len(rows) > 1:
                 ids = ", ".join(str(r["id"]) for r in rows)
                 raise BadRequest(f"{ref!r} names several nodes ({ids}); use the node id")
@@ -97,15 +103,19 @@ class Nodes:
                 return int(row["id"])
         if ident.macs:
             marks = ",".join("?" * len(ident.macs))
-            row = q(f"SELECT n.id, n.uuid, COUNT(*) AS hits FROM node_macs m "
-                    f"JOIN nodes n ON n.id = m.node_id WHERE m.mac IN ({marks}) "
-                    f"GROUP BY n.id ORDER BY hits DESC, n.id LIMIT 1", ident.macs)
+            row = q(
+                f"SELECT n.id, n.uuid, COUNT(*) AS hits FROM node_macs m "
+                f"JOIN nodes n ON n.id = m.node_id WHERE m.mac IN ({marks}) "
+                f"GROUP BY n.id ORDER BY hits DESC, n.id LIMIT 1",
+                ident.macs,
+            )
             if row and not (ident.uuid and row["uuid"] and row["uuid"] != ident.uuid):
                 return int(row["id"])
         if ident.serial:
             rows = self.store.query(
                 "SELECT id, uuid FROM nodes WHERE serial = ? AND merged_into IS NULL",
-                (ident.serial,))
+                (ident.serial,),
+            )
             fits = [r for r in rows if not (ident.uuid and r["uuid"] and r["uuid"] != ident.uuid)]
             if len(fits) == 1 and not self._macs_elsewhere(ident.macs, int(fits[0]["id"])):
                 return int(fits[0]["id"])
@@ -116,11 +126,18 @@ class Nodes:
             return False
         marks = ",".join("?" * len(macs))
         row = self.store.query_one(
-            f"SELECT 1 FROM node_macs WHERE mac IN ({marks}) AND node_id != ?", (*macs, node_id))
+            f"SELECT 1 FROM node_macs WHERE mac IN ({marks}) AND node_id != ?", (*macs, node_id)
+        )
         return row is not None
 
-    def observe(self, ident: Identity, *, cause: str, node_id: int | None = None,
-                detail: dict[str, Any] | None = None) -> Node:
+    def observe(
+        self,
+        ident: Identity,
+        *,
+        cause: str,
+        node_id: int | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> Node:
         """Resolve a sighting to one node (creating it in ``discovered`` if new) and link what
         it says. ``node_id`` pins the node when the caller already knows it (a per-node token)."""
         if ident.is_empty() and node_id is None:
@@ -131,13 +148,22 @@ class Nodes:
             if nid is None:
                 cur = conn.execute(
                     "INSERT INTO nodes (state, uuid, serial, created_at, updated_at, state_since)"
-                    " VALUES (?, ?, ?, ?, ?, ?)", (NEW_STATE, ident.uuid, ident.serial, now, now,
-                                                   now))
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (NEW_STATE, ident.uuid, ident.serial, now, now, now),
+                )
                 nid = int(cur.lastrowid or 0)
-                self.store.add_event(node_id=nid, kind="transition", cause=cause,
-                                     to_state=NEW_STATE,
-                                     detail={**(detail or {}), "macs": list(ident.macs),
-                                             "uuid": ident.uuid, "serial": ident.serial})
+                self.store.add_event(
+                    node_id=nid,
+                    kind="transition",
+                    cause=cause,
+                    to_state=NEW_STATE,
+                    detail={
+                        **(detail or {}),
+                        "macs": list(ident.macs),
+                        "uuid": ident.uuid,
+                        "serial": ident.serial,
+                    },
+                )
             self._link(nid, ident, now, cause)
         return self.get(nid)
 
@@ -159,28 +185,40 @@ class Nodes:
         for mac in ident.macs:
             owner = self.store.query_one("SELECT node_id FROM node_macs WHERE mac = ?", (mac,))
             if owner is None:
-                conn.execute("INSERT INTO node_macs (mac, node_id, first_seen, last_seen) "
-                             "VALUES (?, ?, ?, ?)", (mac, nid, now, now))
+                conn.execute(
+                    "INSERT INTO node_macs (mac, node_id, first_seen, last_seen) "
+                    "VALUES (?, ?, ?, ?)",
+                    (mac, nid, now, now),
+                )
             elif owner["node_id"] == nid:
                 conn.execute("UPDATE node_macs SET last_seen = ? WHERE mac = ?", (now, mac))
             else:
                 old = int(owner["node_id"])
-                conn.execute("UPDATE node_macs SET node_id = ?, last_seen = ? WHERE mac = ?",
-                             (nid, now, mac))
-                self.store.add_event(node_id=nid, kind="identity", cause=cause,
-                                     detail={"mac": mac, "moved_from": old})
+                conn.execute(
+                    "UPDATE node_macs SET node_id = ?, last_seen = ? WHERE mac = ?", (nid, now, mac)
+                )
+                self.store.add_event(
+                    node_id=nid,
+                    kind="identity",
+                    cause=cause,
+                    detail={"mac": mac, "moved_from": old},
+                )
                 self._merge_if_orphan(old, nid, cause)
         conn.execute("UPDATE nodes SET updated_at = ? WHERE id = ?", (now, nid))
 
     def _merge_if_orphan(self, old: int, into: int, cause: str) -> None:
         row = self.store.query_one(
             "SELECT state FROM nodes WHERE id = ? AND merged_into IS NULL AND NOT EXISTS "
-            "(SELECT 1 FROM node_macs WHERE node_id = ?)", (old, old))
+            "(SELECT 1 FROM node_macs WHERE node_id = ?)",
+            (old, old),
+        )
         if row and row["state"] == NEW_STATE:
             self.store.conn.execute(
-                "UPDATE nodes SET merged_into = ?, uuid = NULL WHERE id = ?", (into, old))
-            self.store.add_event(node_id=old, kind="identity", cause=cause,
-                                 detail={"merged_into": into})
+                "UPDATE nodes SET merged_into = ?, uuid = NULL WHERE id = ?", (into, old)
+            )
+            self.store.add_event(
+                node_id=old, kind="identity", cause=cause, detail={"merged_into": into}
+            )
 
     # --- plain updates -----------------------------------------------------------------------
 
@@ -199,5 +237,10 @@ class Nodes:
             conn.execute(
                 f"UPDATE nodes SET facts = ?, updated_at = ?{', ' + sets if sets else ''} "
                 "WHERE id = ?",
-                (json.dumps(merged, sort_keys=True), self.store.clock(), *columns.values(),
-                 node_id))
+                (
+                    json.dumps(merged, sort_keys=True),
+                    self.store.clock(),
+                    *columns.values(),
+                    node_id,
+                ),
+            )
