@@ -1,0 +1,1 @@
+"""HTTP: the server, and the route modules that plug into it."""
