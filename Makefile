@@ -10,7 +10,7 @@ APT_PACKAGES := python3 python3-venv iproute2 curl ca-certificates \
 # Demo state stays in the checkout, never in /var/lib.
 DEMO_STATE := state/demo
 
-.PHONY: all deps apt venv lint typecheck unit test demo check clean
+.PHONY: all deps apt venv lint typecheck unit test demo check clean images
 
 all: test
 
@@ -48,6 +48,10 @@ typecheck: venv
 
 test: deps lint typecheck
 	$(BIN)/pytest -p no:cacheprovider tests
+
+# iPXE loaders from Debian's ipxe package into images/ (re-runs offline from images/cache/).
+images: venv
+	$(BIN)/python -c 'from pathlib import Path; from ztpd.images import fetch; print(fetch(Path("images")).to_dict())'
 
 check: venv
 	$(BIN)/ztpd check

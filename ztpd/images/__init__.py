@@ -1,0 +1,158 @@
+"""Boot files: the iPXE loaders taken from Debian's ``ipxe`` package, and their manifest.
+
+``fetch`` downloads the package once into ``<images>/cache/`` (``apt-get download``), unpacks it
+with ``dpkg -x`` and copies the loaders into the images directory, recording each file's sha256
+and the package version in ``manifest.json``. A second run reuses the cached ``.deb``, so it
+works offline. Debian's ``ipxe`` package is ``Architecture: all`` but carries x86 builds only:
+there is no arm64 ``ipxe.efi`` to take from it.
+
+``missing`` is what ``ztpd check`` uses to report configured boot files that are not there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ztpd.errors import ZtpdError
+
+log = logging.getLogger("ztpd.images")
+
+PACKAGE = "ipxe"
+MANIFEST = "manifest.json"
+CACHE = "cache"
+# Loader name in images/ → its path inside the package (usr/lib/ipxe/ipxe.efi is a symlink to
+# /boot/ipxe.efi, which would point outside the unpacked tree, so the real file is named).
+LOADERS: dict[str, str] = {
+    "undionly.kpxe": "usr/lib/ipxe/undionly.kpxe",
+    "ipxe.efi": "boot/ipxe.efi",
+    "snponly.efi": "usr/lib/ipxe/snponly.efi",
+}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    package: str
+    version: str
+    deb: str
+    files: dict[str, dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "package": self.package,
+            "version": self.version,
+            "deb": self.deb,
+            "files": self.files,
+        }
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _run(argv: list[str], cwd: Path | None = None) -> str:
+    try:
+        done = subprocess.run(
+            argv, cwd=cwd, capture_output=True, text=True, check=False, timeout=600
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ZtpdError(f"images: {argv[0]} failed: {e}") from None
+    if done.returncode != 0:
+        raise ZtpdError(
+            f"images: {' '.join(argv)} exited {done.returncode}: {done.stderr.strip()[-500:]}"
+        )
+    return done.stdout
+
+
+def cached_deb(cache: Path) -> Path | None:
+    """The newest cached ``ipxe_*.deb``, if any."""
+    debs = sorted(cache.glob(f"{PACKAGE}_*.deb"), key=lambda p: p.stat().st_mtime)
+    return debs[-1] if debs else None
+
+
+def fetch(images_dir: Path, *, refresh: bool = False) -> Manifest:
+    """Put the loaders into ``images_dir`` and write the manifest (download only when needed)."""
+    cache = images_dir / CACHE
+    cache.mkdir(parents=True, exist_ok=True)
+    deb = None if refresh else cached_deb(cache)
+    if deb is None:
+        log.info("images download package=%s cache=%s", PACKAGE, cache)
+        _run(["apt-get", "download", PACKAGE], cwd=cache)
+        deb = cached_deb(cache)
+        if deb is None:
+            raise ZtpdError(f"images: apt-get download {PACKAGE} left no .deb in {cache}")
+    else:
+        log.info("images reuse deb=%s", deb)
+    version = _run(["dpkg-deb", "--field", str(deb), "Version"]).strip()
+    files: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="ztpd-ipxe-") as tmp:
+        _run(["dpkg", "-x", str(deb), tmp])
+        for name, inside in LOADERS.items():
+            src = Path(tmp) / inside
+            if not src.is_file() or src.is_symlink():
+                raise ZtpdError(f"images: {deb.name} has no regular file {inside}")
+            # Copy beside the target and rename, so a TFTP transfer never reads a partial file.
+            part = images_dir / f".{name}.part"
+            shutil.copyfile(src, part)
+            os.replace(part, images_dir / name)
+            files[name] = {
+                "sha256": sha256(images_dir / name),
+                "size": (images_dir / name).stat().st_size,
+                "from": inside,
+            }
+    manifest = Manifest(PACKAGE, version, deb.name, files)
+    part = images_dir / f".{MANIFEST}.part"
+    part.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
+    os.replace(part, images_dir / MANIFEST)
+    log.info("images ready package=%s version=%s files=%s", PACKAGE, version, ",".join(files))
+    return manifest
+
+
+def _safe_relative(name: str) -> bool:
+    p = PurePosixPath(name)
+    return bool(name) and not p.is_absolute() and ".." not in p.parts
+
+
+def missing(images_dir: Path, names: Iterable[str]) -> list[str]:
+    """Problems, one per configured boot file that is not a regular file inside ``images_dir``.
+
+    Also checks a file against the manifest's sha256 when the manifest lists it, so a loader
+    that was replaced or truncated is reported too.
+    """
+    problems: list[str] = []
+    recorded: dict[str, Any] = {}
+    manifest = images_dir / MANIFEST
+    if manifest.is_file():
+        try:
+            recorded = json.loads(manifest.read_text()).get("files", {})
+        except (ValueError, AttributeError, OSError) as e:
+            problems.append(f"{manifest}: unreadable manifest: {e}")
+    root = images_dir.resolve()
+    for name in dict.fromkeys(names):
+        path = images_dir / name
+        if not _safe_relative(name) or not path.resolve().is_relative_to(root):
+            problems.append(f"boot file {name!r} is not inside {images_dir}")
+        elif not path.is_file():
+            problems.append(
+                f"boot file {name!r} is missing from {images_dir} "
+                "(run `ztpd images fetch` or `make images`)"
+            )
+        elif name in recorded and sha256(path) != recorded[name].get("sha256"):
+            problems.append(
+                f"boot file {name!r} in {images_dir} does not match the sha256 in "
+                f"{MANIFEST} (run `ztpd images fetch` again)"
+            )
+    return problems
