@@ -18,7 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from ztpd import yamlsrc
-from ztpd.errors import Problem, SourceError
+from ztpd.errors import ConfigError, Problem, SourceError
+from ztpd.identity import normalize_mac
 
 DEFAULT_PATH = Path("/etc/ztpd/ztpd.yaml")
 EMBEDDED = "embedded default"
@@ -43,12 +44,86 @@ def _check_addresses(values: list[str]) -> list[str]:
 Addresses = Annotated[list[str], pydantic.AfterValidator(_check_addresses)]
 
 
+def _check_ipv4(value: str) -> str:
+    return str(ipaddress.IPv4Address(value))
+
+
+def _check_ipv4_net(value: str) -> str:
+    return str(ipaddress.IPv4Network(value, strict=True))
+
+
+def _check_mac(value: str) -> str:
+    return normalize_mac(value)
+
+
+IPv4 = Annotated[str, pydantic.AfterValidator(_check_ipv4)]
+IPv4Network = Annotated[str, pydantic.AfterValidator(_check_ipv4_net)]
+Mac = Annotated[str, pydantic.AfterValidator(_check_mac)]
+
+
+class ApiToken(Section):
+    """A bearer token for the API and the page; ``token`` inline or ``token_file`` (one of them).
+
+    A token file must be readable by ztpd only (mode 0600 or 0400); its content is the token.
+    """
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]  # who; shown in logs
+    role: Literal["viewer", "admin"]
+    token: Annotated[pydantic.SecretStr, Field(min_length=16)] | None = None
+    token_file: Path | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _one_source(self) -> ApiToken:
+        if (self.token is None) == (self.token_file is None):
+            raise ValueError("give exactly one of token, token_file")
+        if self.token_file is not None and not self.token_file.is_absolute():
+            raise ValueError("token_file must be an absolute path")
+        return self
+
+    def secret(self) -> str:
+        """The token; reads token_file (ConfigError naming the token if it is unusable)."""
+        if self.token is not None:
+            return self.token.get_secret_value()
+        assert self.token_file is not None
+        where = f"http.auth.tokens name={self.name} token_file {self.token_file}"
+        try:
+            mode = self.token_file.stat().st_mode
+            value = self.token_file.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot read: {e.strerror}") from None
+        if mode & 0o077:
+            raise ConfigError(f"{where}: readable by others (mode {mode & 0o777:o}); chmod 600")
+        if len(value) < 16:
+            raise ConfigError(f"{where}: the token must be at least 16 characters")
+        return value
+
+
+class AuthConfig(Section):
+    """Who may read (viewer) and act (admin) through the API and the page."""
+
+    tokens: list[ApiToken] = []
+    # Reads without a token (a lab on a closed network); actions always need an admin.
+    anonymous_read: bool = False
+    # Prometheus scrapes /metrics without a token unless this is false.
+    anonymous_metrics: bool = True
+    session_ttl: Seconds = 8 * 3600  # how long a page login lasts
+
+    @pydantic.model_validator(mode="after")
+    def _unique_names(self) -> AuthConfig:
+        names = [t.name for t in self.tokens]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"token name {dup[0]!r} is used twice")
+        return self
+
+
 class HttpConfig(Section):
     listen: Addresses = ["127.0.0.1"]
     port: Port = 8080
     # The base URL nodes use to reach ztpd; derived from the first listen address when unset.
     public_url: str | None = None
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
+    auth: AuthConfig = AuthConfig()
 
     @property
     def base_url(self) -> str:
@@ -64,17 +139,120 @@ class TftpConfig(Section):
     enabled: bool = False
     listen: Addresses = ["127.0.0.1"]
     port: Port = 69
+    # Seconds before a block is sent again, and how often, before a transfer is abandoned
+    # (a client's RFC 2349 `timeout` option overrides the first, per transfer).
+    timeout: Annotated[float, Field(gt=0, le=255)] = 2
+    retries: Annotated[int, Field(ge=1, le=20)] = 5
+    # Transfers at once; more are refused with a TFTP error instead of slowing everyone.
+    max_transfers: Annotated[int, Field(ge=1, le=4096)] = 256
+
+
+class DhcpOption(Section):
+    """One extra option by number; exactly one value key says how it is encoded."""
+
+    code: Annotated[int, Field(ge=1, le=254)]
+    text: str | None = None
+    ip: Addresses | None = None  # one or more IPv4 addresses
+    u8: Annotated[int, Field(ge=0, le=0xFF)] | None = None
+    u16: Annotated[int, Field(ge=0, le=0xFFFF)] | None = None
+    u32: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] | None = None
+    hex: Annotated[str, Field(pattern=r"^([0-9a-fA-F]{2}[:]?)*$")] | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _one_value(self) -> DhcpOption:
+        given = [
+            k for k in ("text", "ip", "u8", "u16", "u32", "hex") if getattr(self, k) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError("give exactly one of text, ip, u8, u16, u32, hex")
+        return self
+
+
+class DhcpPool(Section):
+    start: IPv4
+    end: IPv4
+
+    @pydantic.model_validator(mode="after")
+    def _ordered(self) -> DhcpPool:
+        if ipaddress.IPv4Address(self.start) > ipaddress.IPv4Address(self.end):
+            raise ValueError(f"pool start {self.start} is after its end {self.end}")
+        return self
+
+
+class DhcpReservation(Section):
+    mac: Mac
+    ip: IPv4
+    hostname: str | None = None
+
+
+class DhcpSubnet(Section):
+    """A subnet ztpd is authoritative for in full mode (on an interface or behind a relay)."""
+
+    subnet: IPv4Network
+    pools: list[DhcpPool] = []
+    reservations: list[DhcpReservation] = []
+    router: IPv4 | None = None  # option 3
+    dns: Addresses = []  # option 6
+    domain: str | None = None  # option 15
+    ntp: Addresses = []  # option 42
+    lease_time: Annotated[int, Field(ge=60)] | None = None  # option 51; dhcp.lease_time if unset
+    options: list[DhcpOption] = []
+
+    @pydantic.model_validator(mode="after")
+    def _inside(self) -> DhcpSubnet:
+        net = ipaddress.IPv4Network(self.subnet)
+        inside = [p.start for p in self.pools] + [p.end for p in self.pools]
+        inside += [r.ip for r in self.reservations] + ([self.router] if self.router else [])
+        for a in inside:
+            if ipaddress.IPv4Address(a) not in net:
+                raise ValueError(f"{a} is outside subnet {self.subnet}")
+        return self
+
+
+class DhcpBootConfig(Section):
+    """What PXE, UEFI HTTP boot and iPXE clients are told to load."""
+
+    # Firmware kind -> file on TFTP (and under http_boot_base for UEFI HTTP boot).
+    files: dict[str, str] = {}
+    # Option 93 architecture code -> firmware kind, overriding ztpd/dhcp/arch.py's table.
+    arch: dict[Annotated[int, Field(ge=0, le=0xFFFF)], str] = {}
+    # TFTP next-server (siaddr); the appliance's address on the receiving interface when unset.
+    tftp_server: IPv4 | None = None
+    # iPXE gets this script URL; <http.public_url>/boot.ipxe when unset.
+    script_url: str | None = None
+    # UEFI HTTP boot clients get <http_boot_base>/<file>; <http.public_url>/ipxe when unset.
+    http_boot_base: str | None = None
+
+
+class DhcpRateLimit(Section):
+    """Per-MAC token bucket: ``burst`` packets at once, refilled at ``per_second``."""
+
+    per_second: Annotated[float, Field(gt=0)] = 10
+    burst: Annotated[int, Field(ge=1)] = 20
 
 
 class DhcpConfig(Section):
     mode: Literal["off", "proxy", "full"] = "off"
     # Interfaces ztpd binds DHCP to; empty while mode is off. Never all interfaces implicitly.
     interfaces: list[str] = []
+    subnets: list[DhcpSubnet] = []  # full mode only
+    lease_time: Annotated[int, Field(ge=60)] = 3600
+    offer_timeout: Seconds = 60  # how long an offered address stays held for its client
+    decline_quarantine: Seconds = 3600  # how long a declined (conflicting) address stays unused
+    boot: DhcpBootConfig = DhcpBootConfig()
+    rate_limit: DhcpRateLimit = DhcpRateLimit()
 
     @pydantic.model_validator(mode="after")
     def _interfaces_when_serving(self) -> DhcpConfig:
         if self.mode != "off" and not self.interfaces:
             raise ValueError(f"mode {self.mode!r} needs at least one entry in dhcp.interfaces")
+        if self.mode == "full" and not self.subnets:
+            raise ValueError("mode 'full' needs at least one entry in dhcp.subnets")
+        nets = [ipaddress.IPv4Network(s.subnet) for s in self.subnets]
+        for i, a in enumerate(nets):
+            for b in nets[i + 1 :]:
+                if a.overlaps(b):
+                    raise ValueError(f"subnets {a} and {b} overlap")
         return self
 
 
@@ -129,7 +307,7 @@ def _env_overrides(doc: yamlsrc.Doc, env: Mapping[str, str]) -> list[Problem]:
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or name in ENV_NOT_KEYS:
             continue
-        path = tuple(p.lower() for p in name[len(ENV_PREFIX):].split("__"))
+        path = tuple(p.lower() for p in name[len(ENV_PREFIX) :].split("__"))
         origin = f"environment variable {name}"
         try:
             value = yaml.safe_load(env[name]) if env[name] != "" else ""

@@ -1,0 +1,37 @@
+"""What the DHCP handlers need from the rest of ztpd: a small protocol, never SQLite itself.
+
+``sqlite_backend.SqliteBackend`` is the real one; tests use in-memory fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ztpd.dhcp.leases import Lease
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """What one DHCP request said about a machine, to be recorded on its node."""
+
+    mac: str
+    uuid: str | None = None  # option 97
+    arch: str | None = None  # x86_64, arm64
+    ip: str | None = None  # the address it was given, in full mode
+    facts: dict[str, Any] = field(default_factory=dict)  # vendor class, firmware, relay info
+
+
+class DhcpBackend(Protocol):
+    def load_leases(self) -> list[Lease]:
+        """Every lease row; called once at start."""
+        ...
+
+    def save_leases(self, leases: Sequence[Lease]) -> None:
+        """Write these rows in one transaction; durable when it returns."""
+        ...
+
+    def record_sightings(self, sightings: Sequence[Sighting]) -> None:
+        """Record boot facts on each machine's node, creating nodes in ``discovered``."""
+        ...

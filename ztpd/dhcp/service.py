@@ -1,0 +1,378 @@
+"""The DHCP service: sockets on the configured interfaces, delivery, limits, durable ACKs.
+
+The datagram callback only decodes, decides (in memory) and hands off; SQLite writes run in a
+worker thread, batched: every lease change a reply depends on is committed before that reply
+is sent (group commit), so after ``kill -9`` no address can have been promised to two clients.
+Bad packets are logged (MAC, xid, reason), counted and dropped; nothing a client sends can stop
+the loop. ``counters`` is a plain Counter a /metrics endpoint can read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import ipaddress
+import logging
+import socket
+import struct
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from types import TracebackType
+from typing import Generic, TypeVar
+
+from ztpd.config import DhcpConfig
+from ztpd.dhcp import codec
+from ztpd.dhcp.backend import DhcpBackend, Sighting
+from ztpd.dhcp.boot import BootTargets
+from ztpd.dhcp.handlers import Arrival, FullHandler, Handler, Ignore, Interface, ProxyHandler
+from ztpd.dhcp.leases import Lease, LeaseBook
+from ztpd.dhcp.packet import CLIENT_PORT, PXE_PORT, SERVER_PORT, Msg, Reply, Request
+from ztpd.errors import ConfigError
+
+log = logging.getLogger("ztpd.dhcp")
+
+SIOCGIFADDR, SIOCGIFNETMASK, SIOCGIFHWADDR = 0x8915, 0x891B, 0x8927
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+BROADCAST = "255.255.255.255"
+MAX_BATCH = 512  # rows per commit
+MAX_PENDING_SIGHTINGS = 10_000  # beyond this, sightings are dropped (and counted)
+SIGHTING_REFRESH = 300.0  # seconds before an unchanged sighting is written again
+LIMITER_SIZE = 65_536  # MACs tracked by the rate limiter
+
+
+def interface(name: str) -> Interface:
+    """The IPv4 address, netmask and MAC of ``name`` (SIOCGIF* ioctls)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("256s", name.encode()[:15])
+        try:
+            addr = socket.inet_ntoa(fcntl.ioctl(s.fileno(), SIOCGIFADDR, req)[20:24])
+            mask = socket.inet_ntoa(fcntl.ioctl(s.fileno(), SIOCGIFNETMASK, req)[20:24])
+            mac = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, req)[18:24]
+        except OSError as e:
+            raise ConfigError(
+                f"dhcp.interfaces: {name}: no usable IPv4 address ({e.strerror})"
+            ) from None
+    return Interface(
+        name,
+        socket.if_nametoindex(name),
+        mac,
+        addr,
+        ipaddress.IPv4Network(f"{addr}/{mask}", strict=False),
+    )
+
+
+@dataclass(frozen=True)
+class Route:
+    ip: str
+    port: int
+    layer2: bool = False  # unicast to chaddr without ARP: the client has no address yet
+
+
+def route(req: Request, reply: Reply, at: Arrival) -> Route:
+    """Where a reply goes, per RFC 2131 §4.1 (and back to the sender for PXE port 4011)."""
+    if at.port == PXE_PORT:
+        return Route(at.src_ip, at.src_port)
+    if req.relayed:
+        return Route(req.giaddr, SERVER_PORT)
+    if reply.message_type == Msg.NAK:
+        return Route(BROADCAST, CLIENT_PORT)
+    if req.ciaddr != "0.0.0.0":
+        return Route(req.ciaddr, CLIENT_PORT)
+    if req.broadcast or reply.yiaddr == "0.0.0.0":
+        return Route(BROADCAST, CLIENT_PORT)
+    return Route(reply.yiaddr, CLIENT_PORT, layer2=True)
+
+
+class RateLimiter:
+    """A token bucket per MAC, so one client cannot flood the server or drain a pool."""
+
+    def __init__(self, per_second: float, burst: int) -> None:
+        self.rate = per_second
+        self.burst = float(burst)
+        self.buckets: dict[str, tuple[float, float]] = {}  # mac -> (tokens, last refill)
+
+    def allow(self, mac: str, now: float) -> bool:
+        tokens, last = self.buckets.pop(mac, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        allowed = tokens >= 1
+        self.buckets[mac] = (tokens - 1 if allowed else tokens, now)  # most recent last
+        if len(self.buckets) > LIMITER_SIZE:
+            del self.buckets[next(iter(self.buckets))]
+        return allowed
+
+
+T = TypeVar("T")
+
+
+class Batcher(Generic[T]):
+    """Runs ``write`` in a worker thread over everything submitted since the last run."""
+
+    def __init__(
+        self, name: str, write: Callable[[Sequence[T]], None], counters: Counter[str]
+    ) -> None:
+        self.name = name
+        self.write = write
+        self.counters = counters
+        self.pending: deque[tuple[Sequence[T], Callable[[bool], None] | None]] = deque()
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.closing = False
+
+    def submit(self, items: Sequence[T], done: Callable[[bool], None] | None = None) -> None:
+        self.pending.append((items, done))
+        self.wake.set()
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+
+    async def _run(self) -> None:
+        while not (self.closing and not self.pending):
+            await self.wake.wait()
+            self.wake.clear()
+            while self.pending:
+                batch: list[Callable[[bool], None] | None] = []
+                rows: list[T] = []
+                while self.pending and len(rows) < MAX_BATCH:
+                    items, done = self.pending.popleft()
+                    batch.append(done)
+                    rows.extend(items)
+                try:
+                    await asyncio.to_thread(self.write, rows)
+                    ok = True
+                except Exception:  # a failed commit must not stop the service
+                    log.exception("dhcp %s commit failed rows=%d", self.name, len(rows))
+                    self.counters[f"error.{self.name}"] += 1
+                    ok = False
+                for done in batch:
+                    if done is not None:
+                        done(ok)
+
+    async def close(self) -> None:
+        self.closing = True
+        self.wake.set()
+        if self.task is not None:
+            await self.task
+
+
+class _Listener(asyncio.DatagramProtocol):
+    def __init__(self, service: DhcpService, iface: Interface, port: int) -> None:
+        self.service = service
+        self.iface = iface
+        self.port = port
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        self.service.received(data, Arrival(self.iface, str(addr[0]), addr[1], self.port), self)
+
+    def error_received(self, exc: Exception) -> None:
+        log.warning(
+            "dhcp socket error interface=%s port=%d error=%s", self.iface.name, self.port, exc
+        )
+
+
+class DhcpService:
+    """``async with DhcpService(config, backend, targets):`` serves DHCP until the block ends."""
+
+    def __init__(
+        self,
+        config: DhcpConfig,
+        backend: DhcpBackend,
+        targets: BootTargets,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.targets = targets
+        self.clock = clock
+        self.counters: Counter[str] = Counter()
+        self.interfaces: list[Interface] = []
+        self.book = LeaseBook(list(config.subnets))
+        self.handler: Handler = (
+            FullHandler(config, targets, self.book)
+            if config.mode == "full"
+            else ProxyHandler(targets)
+        )
+        self.limiter = RateLimiter(config.rate_limit.per_second, config.rate_limit.burst)
+        self.leases: Batcher[Lease] = Batcher("leases", backend.save_leases, self.counters)
+        self.sightings: Batcher[Sighting] = Batcher(
+            "sightings", backend.record_sightings, self.counters
+        )
+        self._recent: dict[str, tuple[Sighting, float]] = {}
+        self._listeners: list[_Listener] = []
+        self._raw: dict[str, socket.socket] = {}
+        self._own: frozenset[str] = frozenset()
+
+    async def __aenter__(self) -> DhcpService:
+        if self.config.mode == "off":
+            return self
+        self.interfaces = [interface(n) for n in self.config.interfaces]
+        self._own = frozenset(i.address for i in self.interfaces)
+        self.book.load(await asyncio.to_thread(self.backend.load_leases))
+        loop = asyncio.get_running_loop()
+        ports = [SERVER_PORT, PXE_PORT] if self.config.mode == "proxy" else [SERVER_PORT]
+        try:
+            for iface in self.interfaces:
+                raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+                self._raw[iface.name] = raw
+                raw.bind((iface.name, 0))
+                for port in ports:
+                    _, listener = await loop.create_datagram_endpoint(
+                        partial(_Listener, self, iface, port), sock=_udp_socket(iface.name, port)
+                    )
+                    self._listeners.append(listener)
+                log.info(
+                    "dhcp listening mode=%s interface=%s address=%s ports=%s",
+                    self.config.mode,
+                    iface.name,
+                    iface.address,
+                    ports,
+                )
+        except BaseException:
+            self._close_sockets()
+            raise
+        self.leases.start()
+        self.sightings.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._close_sockets()
+        await self.leases.close()
+        await self.sightings.close()
+
+    def _close_sockets(self) -> None:
+        for lst in self._listeners:
+            if lst.transport is not None:
+                lst.transport.close()
+        self._listeners.clear()
+        for raw in self._raw.values():
+            raw.close()
+        self._raw.clear()
+
+    # --- the hot path ------------------------------------------------------------------------
+
+    def _drop(self, reason: str, counter: str, mac: str, xid: int | None) -> None:
+        self.counters[f"drop.{counter}"] += 1
+        log.warning(
+            "dhcp drop mac=%s xid=%s reason=%s", mac, "-" if xid is None else f"{xid:#x}", reason
+        )
+
+    def received(self, data: bytes, at: Arrival, listener: _Listener) -> None:
+        self.counters["received"] += 1
+        if at.src_ip in self._own:
+            self._drop(f"from our own address {at.src_ip}", "own_address", "-", None)
+            return
+        try:
+            req = codec.decode(data)
+        except codec.DecodeError as e:
+            self._drop(e.reason, "bad_packet", e.mac, e.xid)
+            return
+        now = self.clock()
+        if not self.limiter.allow(req.mac, now):
+            self.counters["drop.rate_limit"] += 1
+            if self.limiter.buckets[req.mac][0] >= 0.999 - self.limiter.rate * 1e-3:
+                log.warning("dhcp drop mac=%s xid=%#x reason=rate limit", req.mac, req.xid)
+            return
+        try:
+            result = self.handler.handle(req, at, now)
+        except Exception:  # a handler bug must cost one packet, not the service
+            log.exception("dhcp handler failed mac=%s xid=%#x", req.mac, req.xid)
+            self.counters["error.handler"] += 1
+            return
+        if result.sighting is not None:
+            self._record(result.sighting, now)
+        if isinstance(result, Ignore):
+            self.counters["ignored"] += 1
+            log.debug(
+                "dhcp ignore mac=%s xid=%#x type=%s reason=%s",
+                req.mac,
+                req.xid,
+                req.message_type.name,
+                result.reason,
+            )
+            return
+        reply = result.reply
+        log.info(
+            "dhcp %s mac=%s xid=%#x interface=%s %s",
+            (reply.message_type.name if reply else req.message_type.name).lower(),
+            req.mac,
+            req.xid,
+            at.interface.name,
+            result.note,
+        )
+        if reply is None:
+            self.leases.submit(result.persist)
+        elif result.persist:
+            self.leases.submit(
+                result.persist, lambda ok: self._send(req, reply, at, listener) if ok else None
+            )
+        else:
+            self._send(req, reply, at, listener)
+
+    def _record(self, s: Sighting, now: float) -> None:
+        last = self._recent.get(s.mac)
+        if last is not None and last[0] == s and now - last[1] < SIGHTING_REFRESH:
+            return
+        if len(self.sightings.pending) >= MAX_PENDING_SIGHTINGS:
+            self.counters["drop.sighting_backlog"] += 1
+            return
+        self._recent.pop(s.mac, None)
+        self._recent[s.mac] = (s, now)
+        if len(self._recent) > LIMITER_SIZE:
+            del self._recent[next(iter(self._recent))]
+        self.sightings.submit((s,))
+
+    def _send(self, req: Request, reply: Reply, at: Arrival, listener: _Listener) -> None:
+        try:
+            data = codec.encode(reply)
+        except ValueError as e:
+            self._drop(f"reply not encodable: {e}", "encode", req.mac, req.xid)
+            return
+        to = route(req, reply, at)
+        try:
+            if to.layer2:
+                raw = self._raw[at.interface.name]
+                raw.send(
+                    codec.udp_frame(
+                        data,
+                        src_mac=at.interface.mac,
+                        dst_mac=req.chaddr[:6],
+                        src_ip=at.interface.address,
+                        dst_ip=to.ip,
+                        sport=at.port,
+                        dport=to.port,
+                    )
+                )
+            elif listener.transport is not None:
+                listener.transport.sendto(data, (to.ip, to.port))
+        except OSError as e:
+            self.counters["error.send"] += 1
+            log.warning(
+                "dhcp send failed mac=%s xid=%#x to=%s error=%s", req.mac, req.xid, to.ip, e
+            )
+            return
+        self.counters[f"reply.{reply.message_type.name.lower()}"] += 1
+
+
+def _udp_socket(ifname: str, port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        # Only this interface: ztpd must never answer DHCP where it was not asked to.
+        s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, ifname.encode())
+        s.bind(("0.0.0.0", port))
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        raise
+    return s

@@ -1,0 +1,70 @@
+"""The DHCP backend over ztpd's SQLite store: leases in ``leases``, sightings through ``Nodes``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from ztpd.dhcp.backend import Sighting
+from ztpd.dhcp.leases import Lease
+from ztpd.errors import ZtpdError
+from ztpd.identity import Identity
+from ztpd.store import Nodes, Store
+
+log = logging.getLogger("ztpd.dhcp")
+
+
+class SqliteBackend:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.nodes = Nodes(store)
+
+    def load_leases(self) -> list[Lease]:
+        rows = self.store.query(
+            "SELECT ip, mac, client_id, subnet, state, expires, hostname FROM leases"
+        )
+        return [
+            Lease(
+                r["ip"],
+                r["mac"],
+                r["client_id"],
+                r["subnet"],
+                r["state"],
+                r["expires"],
+                r["hostname"],
+            )
+            for r in rows
+        ]
+
+    def save_leases(self, leases: Sequence[Lease]) -> None:
+        now = self.store.clock()
+        with self.store.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO leases (ip, mac, client_id, subnet, state, expires, hostname, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (ip) DO UPDATE SET "
+                "mac = excluded.mac, client_id = excluded.client_id, subnet = excluded.subnet, "
+                "state = excluded.state, expires = excluded.expires, "
+                "hostname = excluded.hostname, updated_at = excluded.updated_at",
+                [
+                    (x.ip, x.mac, x.client_id, x.subnet, x.state, x.expires, x.hostname, now)
+                    for x in leases
+                ],
+            )
+
+    def record_sightings(self, sightings: Sequence[Sighting]) -> None:
+        with self.store.transaction():
+            for s in sightings:
+                try:
+                    node = self.nodes.observe(
+                        Identity.of(macs=[s.mac], uuid=s.uuid),
+                        cause="dhcp",
+                        detail={"mac": s.mac, **s.facts},
+                    )
+                    columns = {k: v for k, v in (("ip", s.ip), ("arch", s.arch)) if v}
+                    self.nodes.update_facts(node.id, {"dhcp": s.facts}, **columns)
+                    if s.ip:
+                        self.store.conn.execute(
+                            "UPDATE leases SET node_id = ? WHERE ip = ?", (node.id, s.ip)
+                        )
+                except ZtpdError as e:  # one odd sighting must not lose the others
+                    log.warning("dhcp sighting not recorded mac=%s reason=%s", s.mac, e)
