@@ -10,6 +10,7 @@ merged into the one that took them, so a machine first seen on two NICs ends as 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -65,12 +66,13 @@ class Nodes:
     def find(self, ref: str) -> Node:
         """A node by what a person types: id, MAC, UUID, serial or hostname."""
         ref = ref.strip()
-        if ref.isdigit():
-            return self.get(int(ref))
-        try:
-            node = self.by_mac(ref)
-        except ValueError:
-            node = None
+        node = None
+        if ref.isdigit():  # an id first; digits can also be a serial
+            node = self._load(self.store.query_one(
+                "SELECT * FROM nodes WHERE id = ? AND merged_into IS NULL", (int(ref),)))
+        if node is None:
+            with contextlib.suppress(ValueError):
+                node = self.by_mac(ref)
         node = node or self.by_uuid(ref)
         if node is None:
             rows = self.store.query(
