@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from ztpd.config import TftpConfig
-from ztpd.tftp import TftpService, Transfer, names
+from ztpd.tftp import TftpService, Transfer
+from ztpd.tftp import server as names
 
 LOADERS = ("undionly.kpxe", "ipxe.efi", "snponly.efi")
 SYSTEM_IPXE = Path("/usr/lib/ipxe")

@@ -36,10 +36,19 @@ from tftpy.TftpShared import (
 )
 from tftpy.TftpStates import TftpStateServerRecvRRQ
 
-from ztpd.tftp import names
-from ztpd.tftp.names import Refused
+from ztpd.images import paths
+from ztpd.images.paths import Refused
 
 log = logging.getLogger("ztpd.tftp")
+
+# TFTP error codes (RFC 1350 section 5).
+NOT_DEFINED = 0
+FILE_NOT_FOUND = 1
+ACCESS_VIOLATION = 2
+ILLEGAL_OPERATION = 4
+UNKNOWN_TID = 5
+CODES = {paths.FORBIDDEN: ACCESS_VIOLATION, paths.MISSING: FILE_NOT_FOUND}
+MODES = frozenset({"octet", "netascii"})
 
 # RFC 2348's largest block that fits a UDP datagram (tftpy would accept up to 65536).
 MAX_RFC_BLKSIZE = 65464
@@ -213,10 +222,10 @@ class TftpServer:
                 "tftp dropped client=%s:%s bytes=%d reason=%r", peer[0], peer[1], len(data), str(e)
             )
             if opcode in (1, 2):  # a request we cannot read: tell the client why
-                self._refuse(sock, peer, "?", names.ILLEGAL_OPERATION, "malformed request")
+                self._refuse(sock, peer, "?", ILLEGAL_OPERATION, "malformed request")
             return
         if isinstance(packet, TftpPacketWRQ):
-            self._refuse(sock, peer, packet.filename, names.ACCESS_VIOLATION, "read-only server")
+            self._refuse(sock, peer, packet.filename, ACCESS_VIOLATION, "read-only server")
             return
         if not isinstance(packet, TftpPacketRRQ):
             log.info("tftp dropped client=%s:%s reason=not-a-request", peer[0], peer[1])
@@ -224,15 +233,18 @@ class TftpServer:
         key = (local, peer[0], peer[1])
         if key in self._by_peer:
             return  # a retransmitted request: the transfer already answered it
+        if packet.mode not in MODES:
+            reason = f"unsupported mode {packet.mode[:20]!r}"
+            self._refuse(sock, peer, packet.filename, ILLEGAL_OPERATION, reason)
+            return
         try:
-            if packet.mode not in names.MODES:
-                raise Refused(names.ILLEGAL_OPERATION, f"unsupported mode {packet.mode[:20]!r}")
-            name = names.clean(packet.filename)
-            names.locate(self.root, name)
-            if len(self._sessions) >= self.max_transfers:
-                raise Refused(names.NOT_DEFINED, "server busy, try again")
+            name = paths.clean(packet.filename)
+            paths.locate(self.root, name)
         except Refused as r:
-            self._refuse(sock, peer, packet.filename, r.code, r.reason)
+            self._refuse(sock, peer, packet.filename, CODES[r.kind], r.reason)
+            return
+        if len(self._sessions) >= self.max_transfers:
+            self._refuse(sock, peer, name, NOT_DEFINED, "server busy, try again")
             return
         self._start(key, packet, name)
 
@@ -281,7 +293,7 @@ class TftpServer:
             if peer != (ctx.host, ctx.tidport):
                 # tftpy would act on it; RFC 1350 says answer "unknown TID" and carry on.
                 ctx.sock.recvfrom(MAX_BLKSIZE + 4)
-                ctx.sock.sendto(error_packet(names.UNKNOWN_TID, "unknown transfer id"), peer)
+                ctx.sock.sendto(error_packet(UNKNOWN_TID, "unknown transfer id"), peer)
                 return
             if head[:2] == b"\0\5":
                 # Clients abort on purpose, e.g. PXE ROMs after a tsize-only request.

@@ -1,31 +1,28 @@
-"""What a TFTP client may ask for: a name relative to the root that stays inside it.
+"""What a client (TFTP or HTTP) may ask for: a name relative to the images root that stays
+inside it.
 
-Pure functions, so the refusal rules are tested without sockets. A refusal carries the TFTP
-error code the client gets and the reason ztpd logs.
+Pure functions, so the refusal rules are tested without sockets. A refusal says whether the
+name is forbidden or simply not there, and the reason ztpd logs; each protocol maps that to its
+own error (TFTP error code, HTTP status).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-# TFTP error codes (RFC 1350 section 5, RFC 2347).
-NOT_DEFINED = 0
-FILE_NOT_FOUND = 1
-ACCESS_VIOLATION = 2
-ILLEGAL_OPERATION = 4
-UNKNOWN_TID = 5
-OPTION_NEGOTIATION = 8
+from typing import Literal
 
 # Longer than any loader or per-client name ztpd hands out; PXE's DHCP file field holds 128.
 MAX_NAME = 255
-MODES = frozenset({"octet", "netascii"})
+
+FORBIDDEN: Literal["forbidden"] = "forbidden"
+MISSING: Literal["missing"] = "missing"
 
 
 class Refused(Exception):
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, kind: Literal["forbidden", "missing"], reason: str) -> None:
         super().__init__(reason)
-        self.code = code
+        self.kind = kind
         self.reason = reason
 
 
@@ -37,18 +34,18 @@ def clean(raw: str) -> str:
     is either a misconfigured client or a probe.
     """
     if len(raw) > MAX_NAME:
-        raise Refused(ACCESS_VIOLATION, f"name longer than {MAX_NAME} characters")
+        raise Refused(FORBIDDEN, f"name longer than {MAX_NAME} characters")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in raw):
-        raise Refused(ACCESS_VIOLATION, "control character in name")
+        raise Refused(FORBIDDEN, "control character in name")
     name = raw.replace("\\", "/")
     if name.startswith("/"):
-        raise Refused(ACCESS_VIOLATION, "absolute path")
+        raise Refused(FORBIDDEN, "absolute path")
     parts = name.split("/")
     if ".." in parts:
-        raise Refused(ACCESS_VIOLATION, "parent directory in path")
+        raise Refused(FORBIDDEN, "parent directory in path")
     kept = [p for p in parts if p not in ("", ".")]
     if not kept:
-        raise Refused(FILE_NOT_FOUND, "empty name")
+        raise Refused(MISSING, "empty name")
     return "/".join(kept)
 
 
@@ -61,9 +58,7 @@ def locate(root: Path, name: str) -> Path | None:
         return None
     real = Path(os.path.realpath(path))
     if not real.is_relative_to(os.path.realpath(root)):
-        raise Refused(ACCESS_VIOLATION, "symlink leads out of the root")
+        raise Refused(FORBIDDEN, "symlink leads out of the root")
     if not real.is_file():
-        raise Refused(
-            FILE_NOT_FOUND if not real.exists() else ACCESS_VIOLATION, "not a regular file"
-        )
+        raise Refused(MISSING if not real.exists() else FORBIDDEN, "not a regular file")
     return path
