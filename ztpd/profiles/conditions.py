@@ -186,6 +186,25 @@ def _written(cond: Condition) -> dict[str, Any]:
     return {"field": cond.field, mode: [_written(c) for c in getattr(cond, mode) or []]}
 
 
+# What people bring from other tools (ironic inspection rules, code) and what ztpd calls it.
+ALIASES = {
+    "matches": "regex", "in-net": "in-cidr", "one-of": "in", "gte": "ge", "lte": "le",
+    ">=": "ge", "<=": "le", ">": "gt", "<": "lt", "==": "eq", "=": "eq", "!=": "ne",
+    "not_in": "not-in", "in_cidr": "in-cidr",
+}  # fmt: skip
+
+
+def suggest(word: str, names: list[str]) -> str:
+    """A did-you-mean: known aliases first, then close spellings, then a name it begins."""
+    if word in ALIASES and ALIASES[word] in names:
+        return f" (did you mean {ALIASES[word]!r}?)"
+    close = did_you_mean(word, names)
+    if close:
+        return close
+    longer = sorted(n for n in names if n.startswith(word))
+    return f" (did you mean {longer[0]!r}?)" if longer else ""
+
+
 class _Compiler:
     def __init__(self, report: Report) -> None:
         self.report = report
@@ -197,8 +216,8 @@ class _Compiler:
             names = ", ".join(OPERATORS)
             self.report(
                 (*path, "op"),
-                f"unknown operator {cond.op!r}"
-                f"{did_you_mean(cond.op, list(OPERATORS))} (operators: {names})",
+                f"unknown operator {cond.op!r}{suggest(cond.op, list(OPERATORS))} "
+                f"(operators: {names})",
             )
             return None
         if spec.kind not in op.kinds:
@@ -232,6 +251,7 @@ class _Compiler:
         path: Path_,
         scope: Callable[[str], F.Field | None],
         names: Sequence[str],
+        within: str = "",
     ) -> Compiled | None:
         modes = [m for m in ("op", *LIST_MODES) if getattr(cond, m) is not None]
         if len(modes) != 1:
@@ -250,9 +270,10 @@ class _Compiler:
             return None
         spec = scope(cond.field)
         if spec is None:
+            what = f"field of {within}:" if within else "fact"
             self.report(
                 (*path, "field"),
-                f"unknown fact {cond.field!r}{did_you_mean(cond.field, list(names))}",
+                f"unknown {what} {cond.field!r}{suggest(cond.field, list(names))}",
             )
             return None
         mode = modes[0]
@@ -279,7 +300,8 @@ class _Compiler:
             self.report(sub_path, f"{mode} needs at least one condition on the {cond.field}")
             return None
         compiled = [
-            self.one(c, (*sub_path, i), elements.get, list(elements)) for i, c in enumerate(subs)
+            self.one(c, (*sub_path, i), elements.get, list(elements), cond.field)
+            for i, c in enumerate(subs)
         ]
         leaves = tuple(c for c in compiled if isinstance(c, Leaf))
         if len(leaves) != len(subs):
@@ -293,7 +315,7 @@ class _Compiler:
                 self.report(
                     (*path, "count", "op"),
                     f"count: unknown comparison "
-                    f"{cond.count.op!r}{did_you_mean(cond.count.op, list(COMPARISONS))}"
+                    f"{cond.count.op!r}{suggest(cond.count.op, list(COMPARISONS))}"
                     f" (use {', '.join(COMPARISONS)})",
                 )
                 return None

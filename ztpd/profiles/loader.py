@@ -20,17 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import pydantic
 
 from ztpd import yamlsrc
 from ztpd.errors import Problem, SourceError
 from ztpd.profiles import templates
 from ztpd.profiles.conditions import Compiled, Leaf, compile_conditions
 from ztpd.profiles.matching import CompiledProfile, ProfileSet
-from ztpd.profiles.model import DEFAULTS_KEYS, Profile
+from ztpd.profiles.model import DEFAULTS_KEYS, Condition, Profile
 
 Path_ = tuple[str | int, ...]
 DEFAULTS_FILES = ("_defaults.yaml", "_defaults.yml")
 MAX_FILES = 1000
+_CONDITIONS = pydantic.TypeAdapter(list[Condition])
 
 
 def profile_files(directory: Path) -> list[Path]:
@@ -187,29 +189,42 @@ class _Loader:
             }
             _overlay(data, layer, own, (), sources)
         doc = _Merged(raw, data, sources)
+        before = len(self.problems)
         try:
             spec = yamlsrc.validate(Profile, doc)
         except SourceError as e:
             self.problems.extend(e.problems)
+            self.semantics_anyway(doc)
             return None
-        before = len(self.problems)
         conditions = compile_conditions(
             spec.match, lambda path, msg: self.problems.append(doc.problem(path, msg))
         )
-        template = self.hostname(spec, doc)
+        template = self.hostname(spec.os.hostname if spec.os else None, doc)
         if conditions is None or len(self.problems) > before:
             return None
         where = raw.doc.locate(raw.base)
         source = f"{where.file}:{where.line}"
         return CompiledProfile(spec, conditions, template, source)
 
-    def hostname(self, spec: Profile, doc: _Merged) -> jinja2.Template | None:
-        if spec.os is None or spec.os.hostname is None:
+    def semantics_anyway(self, doc: _Merged) -> None:
+        """After a type error elsewhere, still check conditions and the hostname template, so
+        one run shows every problem."""
+        try:
+            match = _CONDITIONS.validate_python(doc.data.get("match", []))
+        except pydantic.ValidationError:
+            pass  # already reported by the profile's own validation
+        else:
+            compile_conditions(match, lambda p, m: self.problems.append(doc.problem(p, m)))
+        os_ = doc.data.get("os")
+        if isinstance(os_, dict) and isinstance(os_.get("hostname"), str):
+            self.hostname(os_["hostname"], doc)
+
+    def hostname(self, source: str | None, doc: _Merged) -> jinja2.Template | None:
+        if source is None:
             return None
         path = ("os", "hostname")
         return templates.check(
-            spec.os.hostname,
-            lambda msg: self.problems.append(doc.problem(path, f"os.hostname: {msg}")),
+            source, lambda msg: self.problems.append(doc.problem(path, f"os.hostname: {msg}"))
         )
 
     def duplicates(self, raws: list[_Raw]) -> dict[str, _Raw]:

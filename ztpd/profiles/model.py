@@ -21,7 +21,19 @@ from ztpd.profiles.ops import COMPARISONS, OPERATORS
 from ztpd.profiles.units import parse_size
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-Name = Annotated[str, Field(pattern=NAME_PATTERN, description="lower-case letters, digits, -")]
+
+
+def _name(value: str) -> str:
+    if not re.match(NAME_PATTERN, value):
+        raise ValueError("a profile name is lower-case letters, digits and '-' (at most 63)")
+    return value
+
+
+Name = Annotated[
+    str,
+    pydantic.AfterValidator(_name),
+    Field(json_schema_extra={"pattern": NAME_PATTERN}, description="lower-case letters, digits, -"),
+]
 Size = Annotated[
     int,
     pydantic.BeforeValidator(parse_size, json_schema_input_type=int | str),
