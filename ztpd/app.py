@@ -19,6 +19,8 @@ from ztpd.config import Config
 from ztpd.errors import ConfigError
 from ztpd.http.server import HttpService, make_app
 from ztpd.lifecycle import IN_PROGRESS, DeadlineWatcher, Lifecycle, Transition
+from ztpd.matcher import Matcher, MatchWorker
+from ztpd.profiles import ProfileCatalog
 from ztpd.store import Store
 
 log = logging.getLogger("ztpd.app")
@@ -53,13 +55,20 @@ class Appliance:
         self.store = store
         self.lifecycle = make_lifecycle(config, store)
         self.watcher = DeadlineWatcher(self.lifecycle, config.lifecycle.sweep_interval)
+        # A broken profile set at start-up is reported (log, page, `ztpd check`) and ztpd
+        # still serves: nodes wait in `inspected`/`unmatched` until the set is fixed.
+        self.catalog = ProfileCatalog(config.profiles_dir)
+        self.catalog.reload()
+        self.matcher = Matcher(store, self.lifecycle, self.catalog)
+        self.match_worker = MatchWorker(self.matcher, config.profiles_poll_interval)
+        self.lifecycle.subscribe(self.match_worker.on_transition)
         self.http_app = make_app(config.http)
         self.http = HttpService(config.http, self.http_app)
         # Called on SIGHUP (and by the profile watcher): each reloads what it owns.
-        self.reloaders: list[Callable[[], None]] = []
+        self.reloaders: list[Callable[[], None]] = [self.match_worker.reload]
 
     def services(self) -> list[AsyncCM[Any]]:
-        return [self.watcher, self.http]
+        return [self.watcher, self.match_worker, self.http]
 
     def reload(self) -> None:
         log.info("reload requested")

@@ -15,10 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ztpd import __version__, config, log
+from ztpd import __version__, config, log, profiles
 from ztpd.app import Appliance, make_lifecycle, open_store
 from ztpd.errors import ConfigError, StoreError, ZtpdError
 from ztpd.lifecycle import Trigger
+from ztpd.matcher import Matcher
 from ztpd.model import Event, Node
 from ztpd.store import Events, Nodes, Store
 
@@ -152,7 +153,42 @@ def cmd_serve(ctx: Ctx, args: argparse.Namespace) -> int:
 
 def cmd_check(ctx: Ctx, args: argparse.Namespace) -> int:
     # Reaching here means the config itself validated (main() loaded it).
-    ctx.out.write(f"ok: config {ctx.config.source}\n")
+    cfg = ctx.config
+    ctx.out.write(f"ok: config {cfg.source}\n")
+    problems = [str(p) for p in profiles.check(cfg.profiles_dir)]
+    if not problems:
+        ctx.out.write(f"ok: profiles {cfg.profiles_dir}\n")
+    for line in problems:
+        ctx.err.write(f"{line}\n")
+    if problems:
+        ctx.err.write(f"ztpd check: {len(problems)} problem(s)\n")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_match(ctx: Ctx, args: argparse.Namespace) -> int:
+    store = ctx.store()
+    node = Nodes(store).find(args.node)
+    catalog = profiles.ProfileCatalog(ctx.config.profiles_dir)
+    catalog.reload()
+    for p in catalog.problems:
+        ctx.err.write(f"{p}\n")
+    result = Matcher(store, make_lifecycle(ctx.config, store), catalog).explain(node)
+    if args.json:
+        _json(result.to_json(), ctx.out)
+    elif args.explain:
+        ctx.out.write(profiles.format_explanation(result))
+    else:
+        ctx.out.write(f"{node.name}: {result.winner or 'no profile'} ({result.reason})\n")
+    return EXIT_OK
+
+
+def cmd_simulate(ctx: Ctx, args: argparse.Namespace) -> int:
+    report = profiles.simulate(args.profiles_dir or ctx.config.profiles_dir, args.inventories)
+    if args.json:
+        _json(report.to_json(), ctx.out)
+    else:
+        ctx.out.write(profiles.format_simulation(report, explain=args.explain).rstrip("\n") + "\n")
     return EXIT_OK
 
 
@@ -271,6 +307,37 @@ def build_parser() -> argparse.ArgumentParser:
         "Lists every problem as file:line:column; exit 1 if any.",
     )
     s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser(
+        "match",
+        parents=[common],
+        help="which profile a node gets, and why",
+        description="Evaluate the current profiles against a node's latest inventory and facts, "
+        "without changing anything. --explain shows every profile, every condition, the node's "
+        "actual value and pass/fail, and why the winner won.",
+    )
+    s.add_argument("node", metavar="NODE")
+    s.add_argument("--explain", action="store_true", help="show every condition")
+    s.set_defaults(func=cmd_match)
+
+    s = sub.add_parser(
+        "simulate",
+        parents=[common],
+        help="run profiles against saved inventories",
+        description="Match every inventory JSON file in DIR against the profiles and print "
+        "which profile each would get and why: test a profile change before any machine is "
+        "powered on.",
+    )
+    s.add_argument("inventories", type=Path, metavar="DIR")
+    s.add_argument(
+        "--profiles",
+        dest="profiles_dir",
+        type=Path,
+        metavar="DIR",
+        help="profiles to test (default: profiles_dir from the config)",
+    )
+    s.add_argument("--explain", action="store_true", help="show every condition")
+    s.set_defaults(func=cmd_simulate)
 
     s = sub.add_parser(
         "nodes",
