@@ -167,6 +167,7 @@ def check(source: str, report: Callable[[str], None]) -> jinja2.Template | None:
         report(f"template may not use private attribute {private!r}")
         return None
     local = {n.name for n in ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    local.add("loop")  # jinja's loop variable inside for
     bad = False
     for _, parts in _walk(ast, local):
         unknown = _check_path(parts)
