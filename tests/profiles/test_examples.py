@@ -59,7 +59,7 @@ def test_the_catch_all_waits_for_an_operator_and_installs_nothing() -> None:
     assert profiles.get("hold-unknown").spec.os is None
     k3s = result.verdict("k3s-agent")
     assert k3s.status == "failed"
-    serial = [o for o in k3s.outcomes if o.field == "system.serial"][0]
+    serial = next(o for o in k3s.outcomes if o.field == "system.serial")
     assert (serial.passed, serial.actual) == (False, "To Be Filled By O.E.M.")
 
 
