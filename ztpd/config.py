@@ -290,22 +290,6 @@ class BootConfig(Section):
     wait_seconds: Annotated[int, Field(ge=5, le=3600)] = 60
 
 
-class BootConfig(Section):
-    """What the second-stage iPXE scripts (boot-templates/) put in front of a node."""
-
-    # The discovery kernel and initrd, relative to images_dir (served under /files/).
-    discovery_kernel: str = "discovery/vmlinuz"
-    discovery_initrd: str = "discovery/initrd.img"
-    # Extra kernel arguments for discovery; ztpd adds its URL, the node id and a token.
-    discovery_args: str = "console=tty0 console=ttyS0,115200n8"
-    # How long the one-time token in a discovery script stays valid, seconds.
-    token_ttl: Seconds = 3600
-    # What a failed or retired node does after saying why: boot its disk, or wait and ask again.
-    on_failed: Literal["local", "wait"] = "local"
-    on_retired: Literal["local", "wait"] = "wait"
-    wait_seconds: Annotated[int, Field(ge=5, le=3600)] = 60
-
-
 class Config(Section):
     state_dir: Path = Path("/var/lib/ztpd")
     profiles_dir: Path = Path("/etc/ztpd/profiles")
@@ -317,7 +301,6 @@ class Config(Section):
     http: HttpConfig = HttpConfig()
     tftp: TftpConfig = TftpConfig()
     dhcp: DhcpConfig = DhcpConfig()
-    boot: BootConfig = BootConfig()
     boot: BootConfig = BootConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
     # Where this config came from, for messages; not a key in the file.
