@@ -58,6 +58,7 @@ check: venv
 
 demo: deps
 	@mkdir -p $(DEMO_STATE)
+	@echo "ztpd demo: HTTP on http://127.0.0.1:8080 (try /healthz), state in $(DEMO_STATE), no DHCP. Ctrl-C stops."
 	ZTPD_STATE_DIR=$(DEMO_STATE) $(BIN)/ztpd serve
 
 clean:
