@@ -294,7 +294,7 @@ class FullHandler:
                 "dhcp decline mac=%s xid=%#x ip=%s quarantined=%ss",
                 req.mac,
                 req.xid,
-                ip,
+                held,
                 self.config.decline_quarantine,
             )
         else:
