@@ -143,20 +143,22 @@ async def _node_id(request: web.Request) -> int:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Guarded = Callable[[web.Request, Principal], Awaitable[web.StreamResponse]]
 
 
-def guarded(role: Role, handler: Handler) -> Handler:
-    """``handler`` behind the auth check; a 401 carries WWW-Authenticate as RFC 6750 asks."""
+def guarded(role: Role, handler: Guarded) -> Handler:
+    """``handler`` behind the auth check, called with who asked; a 401 carries
+    WWW-Authenticate as RFC 6750 asks."""
 
     async def run(request: web.Request) -> web.StreamResponse:
         try:
-            request["principal"] = _deps(request).auth.require(request, role)
+            who = _deps(request).auth.require(request, role)
         except Unauthorized as e:
             log.info("http unauthorized path=%s message=%s", request.path, e.message)
             resp = error_response(e.http_status, e.code, e.message)
             resp.headers["WWW-Authenticate"] = 'Bearer realm="ztpd"'
             return resp
-        return await handler(request)
+        return await handler(request, who)
 
     return run
 
@@ -193,18 +195,17 @@ def summary(deps: Deps) -> dict[str, Any]:
     }
 
 
-async def get_summary(request: web.Request) -> web.Response:
+async def get_summary(request: web.Request, who: Principal) -> web.Response:
     _params(request, set())
     return _json(await asyncio.to_thread(summary, _deps(request)))
 
 
-async def whoami(request: web.Request) -> web.Response:
+async def whoami(request: web.Request, who: Principal) -> web.Response:
     _params(request, set())
-    p: Principal = request["principal"]
-    return _json({"name": p.name, "role": p.role, "via": p.via})
+    return _json({"name": who.name, "role": who.role, "via": who.via})
 
 
-async def list_nodes(request: web.Request) -> web.Response:
+async def list_nodes(request: web.Request, who: Principal) -> web.Response:
     _params(request, {"state", "profile", "q", "sort", "order", "limit", "offset"})
     limit, offset = _page(request)
     f = queries.NodeFilter(
@@ -220,19 +221,19 @@ async def list_nodes(request: web.Request) -> web.Response:
     return _json({"items": items, "total": total, "limit": limit, "offset": offset})
 
 
-async def get_node(request: web.Request) -> web.Response:
+async def get_node(request: web.Request, who: Principal) -> web.Response:
     _params(request, set())
     node_id = await _node_id(request)
     return _json(await asyncio.to_thread(queries.node_detail, _deps(request).store, node_id))
 
 
-async def get_inventory(request: web.Request) -> web.Response:
+async def get_inventory(request: web.Request, who: Principal) -> web.Response:
     _params(request, set())
     node_id = await _node_id(request)
     return _json(await asyncio.to_thread(queries.inventory, _deps(request).store, node_id))
 
 
-async def get_inventory_version(request: web.Request) -> web.Response:
+async def get_inventory_version(request: web.Request, who: Principal) -> web.Response:
     _params(request, set())
     node_id = await _node_id(request)
     raw = request.match_info["version"]
@@ -242,7 +243,7 @@ async def get_inventory_version(request: web.Request) -> web.Response:
     return _json(await asyncio.to_thread(queries.inventory, store, node_id, int(raw)))
 
 
-async def list_inventories(request: web.Request) -> web.Response:
+async def list_inventories(request: web.Request, who: Principal) -> web.Response:
     _params(request, {"limit", "offset"})
     node_id = await _node_id(request)
     limit, offset = _page(request)
@@ -250,7 +251,7 @@ async def list_inventories(request: web.Request) -> web.Response:
     return _json(await asyncio.to_thread(queries.inventory_history, store, node_id, limit, offset))
 
 
-async def inventory_diff(request: web.Request) -> web.Response:
+async def inventory_diff(request: web.Request, who: Principal) -> web.Response:
     _params(request, {"from", "to"})
     node_id = await _node_id(request)
     old, new = _int(request, "from", None, 1), _int(request, "to", None, 1)
@@ -258,7 +259,7 @@ async def inventory_diff(request: web.Request) -> web.Response:
     return _json(await asyncio.to_thread(queries.inventory_diff, store, node_id, old, new))
 
 
-async def node_match(request: web.Request) -> web.Response:
+async def node_match(request: web.Request, who: Principal) -> web.Response:
     _params(request, set())
     node_id = await _node_id(request)
     catalog = _deps(request).profiles
@@ -275,7 +276,7 @@ async def _event_node(request: web.Request) -> int | None:
     return (await asyncio.to_thread(Nodes(store).find, ref)).id
 
 
-async def list_events(request: web.Request) -> web.Response:
+async def list_events(request: web.Request, who: Principal) -> web.Response:
     _params(request, {"node", "kind", "after", "before", "limit", "order"})
     limit, _ = _page(request)
     newest_first = _choice(request, "order", {"asc": 1, "desc": 1}, "desc") == "desc"
@@ -301,7 +302,7 @@ async def list_events(request: web.Request) -> web.Response:
     )
 
 
-async def event_stream(request: web.Request) -> web.StreamResponse:
+async def event_stream(request: web.Request, who: Principal) -> web.StreamResponse:
     _params(request, {"node", "kind", "after"})
     header = request.headers.get("Last-Event-ID", "").strip()
     if header:
@@ -315,7 +316,7 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     return await sse.stream(request, _deps(request).hub, after=after, node_id=node_id, kinds=kinds)
 
 
-async def list_profiles(request: web.Request) -> web.Response:
+async def list_profiles(request: web.Request, who: Principal) -> web.Response:
     _params(request, set())
     deps = _deps(request)
     counts = await asyncio.to_thread(queries.profile_counts, deps.store)
@@ -342,7 +343,7 @@ async def list_profiles(request: web.Request) -> web.Response:
     )
 
 
-async def list_leases(request: web.Request) -> web.Response:
+async def list_leases(request: web.Request, who: Principal) -> web.Response:
     _params(request, {"state", "mac", "limit", "offset"})
     limit, offset = _page(request)
     mac = request.query.get("mac")
@@ -363,7 +364,7 @@ async def list_leases(request: web.Request) -> web.Response:
     )
 
 
-async def boot_activity(request: web.Request) -> web.Response:
+async def boot_activity(request: web.Request, who: Principal) -> web.Response:
     _params(request, {"node", "before", "limit"})
     limit, _ = _page(request)
     node_id = await _event_node(request)
@@ -416,7 +417,7 @@ def images(images_dir: Path | None) -> dict[str, Any]:
     return {"directory": str(images_dir), "manifest": meta, "items": items}
 
 
-async def list_images(request: web.Request) -> web.Response:
+async def list_images(request: web.Request, who: Principal) -> web.Response:
     _params(request, set())
     return _json(await asyncio.to_thread(images, _deps(request).images_dir))
 
@@ -469,7 +470,7 @@ def act(
     )
 
 
-async def node_action(request: web.Request) -> web.Response:
+async def node_action(request: web.Request, who: Principal) -> web.Response:
     _params(request, set())
     action = request.match_info["action"]
     if action not in TRIGGERS:
@@ -477,7 +478,7 @@ async def node_action(request: web.Request) -> web.Response:
     body = await _body(request)
     deps = _deps(request)
     node_id = await _node_id(request)
-    t = await asyncio.to_thread(act, deps, node_id, action, body, request["principal"])
+    t = await asyncio.to_thread(act, deps, node_id, action, body, who)
     node = await asyncio.to_thread(queries.node_summary, deps.store, node_id)
     return _json(
         {"node": node, "from_state": t.from_state, "to_state": t.to_state, "event_id": t.event_id}
@@ -514,9 +515,13 @@ def bind_metrics(metrics: Metrics, store: Store, lifecycle: Lifecycle) -> None:
     lifecycle.subscribe(on_transition)
 
 
-async def get_metrics(request: web.Request) -> web.Response:
+async def get_metrics(request: web.Request) -> web.StreamResponse:
     text = await asyncio.to_thread(_deps(request).metrics.render)
     return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def private_metrics(request: web.Request, who: Principal) -> web.StreamResponse:
+    return await get_metrics(request)
 
 
 @web.middleware
@@ -544,8 +549,7 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
 
 # --- wiring ----------------------------------------------------------------------------------
 
-ROUTES: list[tuple[str, str, Handler, Role | None]] = [
-    ("GET", f"{PREFIX}/openapi.json", openapi, None),
+ROUTES: list[tuple[str, str, Guarded, Role]] = [
     ("GET", f"{PREFIX}/whoami", whoami, "viewer"),
     ("GET", f"{PREFIX}/summary", get_summary, "viewer"),
     ("GET", f"{PREFIX}/nodes", list_nodes, "viewer"),
@@ -573,7 +577,8 @@ def add_api_routes(app: web.Application, deps: Deps) -> None:
     app.on_shutdown.append(deps.hub.close_streams)
     deps.lifecycle.subscribe(lambda t: deps.hub.poke())
     bind_metrics(deps.metrics, deps.store, deps.lifecycle)
+    app.router.add_get(f"{PREFIX}/openapi.json", openapi)
     for method, path, handler, role in ROUTES:
-        app.router.add_route(method, path, guarded(role, handler) if role else handler)
+        app.router.add_route(method, path, guarded(role, handler))
     public = deps.auth.config.anonymous_metrics
-    app.router.add_get("/metrics", get_metrics if public else guarded("viewer", get_metrics))
+    app.router.add_get("/metrics", get_metrics if public else guarded("viewer", private_metrics))

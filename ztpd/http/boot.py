@@ -381,3 +381,5 @@ def add_boot_routes(app: web.Application, boot: Boot, images_dir: Path) -> None:
     app.router.add_get("/boot.ipxe", first_stage)
     app.router.add_get("/ipxe", second_stage)
     app.router.add_get("/files/{name:.+}", files)
+    # UEFI HTTP boot firmware is told <base>/ipxe/<loader> by DHCP (dhcp.boot.http_boot_base).
+    app.router.add_get("/ipxe/{name:.+}", files)

@@ -21,7 +21,9 @@ from ztpd.store import Store
 MAX_LIMIT = 500
 NODE_SORTS = {
     "id": "n.id",
-    "name": "COALESCE(n.hostname, n.id)",
+    # Node.name: the hostname, else the first MAC seen, else the id.
+    "name": "COALESCE(n.hostname, (SELECT m.mac FROM node_macs m WHERE m.node_id = n.id "
+    "ORDER BY m.first_seen, m.mac LIMIT 1), n.id)",
     "state": "n.state",
     "profile": "n.profile",
     "ip": "n.ip",

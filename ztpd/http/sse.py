@@ -43,7 +43,7 @@ class Item:
         return {**queries.event_dict(self.event), "node": self.node}
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: each is one open stream
 class Subscriber:
     node_id: int | None
     kinds: frozenset[str]

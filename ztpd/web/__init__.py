@@ -64,11 +64,12 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def _render(request: web.Request, template: str, status: int = 200, **ctx: Any) -> web.Response:
-    ctx.setdefault("principal", request.get("principal"))
+def _render(
+    request: web.Request, template: str, who: Principal | None, status: int = 200, **ctx: Any
+) -> web.Response:
     ctx.setdefault("last_event_id", 0)
     ctx.setdefault("request_path", request.path_qs)
-    html = request.app[JINJA].get_template(template).render(**ctx)
+    html = request.app[JINJA].get_template(template).render(principal=who, **ctx)
     return web.Response(
         text=html, status=status, content_type="text/html", charset="utf-8", headers=HEADERS
     )
@@ -76,9 +77,7 @@ def _render(request: web.Request, template: str, status: int = 200, **ctx: Any) 
 
 def _viewer(request: web.Request) -> Principal | None:
     """The principal, or None when the page must send the browser to the login form."""
-    principal = request.app[DEPS].auth.identify(request)
-    request["principal"] = principal
-    return principal
+    return request.app[DEPS].auth.identify(request)
 
 
 def _to_login(request: web.Request) -> web.HTTPSeeOther:
@@ -96,17 +95,19 @@ def _safe_next(value: str) -> str:
 
 
 async def dashboard(request: web.Request) -> web.StreamResponse:
-    if _viewer(request) is None:
+    who = _viewer(request)
+    if who is None:
         raise _to_login(request)
     data = await asyncio.to_thread(summary, request.app[DEPS])
     return _render(
-        request, "dashboard.html", page="dashboard", summary=data,
+        request, "dashboard.html", who, page="dashboard", summary=data,
         last_event_id=data["last_event_id"],
     )  # fmt: skip
 
 
 async def nodes_page(request: web.Request) -> web.StreamResponse:
-    if _viewer(request) is None:
+    who = _viewer(request)
+    if who is None:
         raise _to_login(request)
     deps = request.app[DEPS]
     state = request.query.get("state", "")
@@ -121,7 +122,7 @@ async def nodes_page(request: web.Request) -> web.StreamResponse:
 
     items, total, last = await asyncio.to_thread(load)
     return _render(
-        request, "nodes.html", page="nodes", nodes=items, total=total, q=q, state=state,
+        request, "nodes.html", who, page="nodes", nodes=items, total=total, q=q, state=state,
         states=[s.value for s in State], last_event_id=last,
     )  # fmt: skip
 
@@ -170,7 +171,8 @@ def _hardware(data: dict[str, Any]) -> dict[str, Any]:
 async def node_page(
     request: web.Request, error: str | None = None, status: int = 200
 ) -> web.StreamResponse:
-    if _viewer(request) is None:
+    who = _viewer(request)
+    if who is None:
         raise _to_login(request)
     deps = request.app[DEPS]
     ref = request.match_info["node"]
@@ -205,13 +207,14 @@ async def node_page(
 
     ctx = await asyncio.to_thread(load)
     return _render(
-        request, "node.html", status, page="node", error=error,
+        request, "node.html", who, status, page="node", error=error,
         all_actions=queries.ACTIONS, **ctx,
     )  # fmt: skip
 
 
 async def profiles_page(request: web.Request) -> web.StreamResponse:
-    if _viewer(request) is None:
+    who = _viewer(request)
+    if who is None:
         raise _to_login(request)
     deps = request.app[DEPS]
 
@@ -233,20 +236,18 @@ async def profiles_page(request: web.Request) -> web.StreamResponse:
         }
 
     data = await asyncio.to_thread(load)
-    return _render(request, "profiles.html", page="profiles", data=data)
+    return _render(request, "profiles.html", who, page="profiles", data=data)
 
 
 # --- login and actions ---------------------------------------------------------------------
 
 
 async def login_form(request: web.Request) -> web.StreamResponse:
-    request["principal"] = None
     nxt = _safe_next(request.query.get("next", "/"))
-    return _render(request, "login.html", page="login", next=nxt, error=None)
+    return _render(request, "login.html", None, page="login", next=nxt, error=None)
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    request["principal"] = None
     form = await request.post()
     nxt = _safe_next(str(form.get("next", "/")))
     try:
@@ -254,7 +255,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         sid, _ = request.app[DEPS].auth.login(str(form.get("token", "")).strip())
     except Forbidden as e:
         return _render(
-            request, "login.html", e.http_status, page="login", next=nxt, error=e.message
+            request, "login.html", None, e.http_status, page="login", next=nxt, error=e.message
         )
     resp = web.HTTPSeeOther(nxt)
     resp.set_cookie(
@@ -266,7 +267,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         path="/",
         max_age=int(request.app[DEPS].auth.config.session_ttl),
     )
-    return resp
+    raise resp
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
@@ -275,12 +276,12 @@ async def logout(request: web.Request) -> web.StreamResponse:
     try:
         auth.require(request, "viewer", csrf_form=str(form.get("csrf", "")))
     except Forbidden as e:
-        return _render(request, "error.html", e.http_status, page="error",
+        return _render(request, "error.html", None, e.http_status, page="error",
                        code=e.http_status, message=e.message)  # fmt: skip
     auth.logout(request)
     resp = web.HTTPSeeOther("/login")
     resp.del_cookie(COOKIE, path="/")
-    return resp
+    raise resp
 
 
 async def node_action(request: web.Request) -> web.StreamResponse:
@@ -289,10 +290,9 @@ async def node_action(request: web.Request) -> web.StreamResponse:
     try:
         principal = deps.auth.require(request, "admin", csrf_form=str(form.get("csrf", "")))
     except Forbidden as e:
-        request["principal"] = None if isinstance(e, Unauthorized) else deps.auth.identify(request)
-        return _render(request, "error.html", e.http_status, page="error",
+        who = None if isinstance(e, Unauthorized) else deps.auth.identify(request)
+        return _render(request, "error.html", who, e.http_status, page="error",
                        code=e.http_status, message=e.message)  # fmt: skip
-    request["principal"] = principal
     action = str(form.get("action", ""))
     ref = request.match_info["node"]
     try:
@@ -307,7 +307,7 @@ async def node_action(request: web.Request) -> web.StreamResponse:
         return await node_page(request, error=e.message, status=e.http_status)
     except ValueError as e:  # an invalid form value (pydantic)
         return await node_page(request, error=f"invalid form: {e}", status=400)
-    return web.HTTPSeeOther(f"/nodes/{node_id}")
+    raise web.HTTPSeeOther(f"/nodes/{node_id}")
 
 
 def add_web_routes(app: web.Application, deps: Deps) -> None:
