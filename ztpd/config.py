@@ -268,6 +268,9 @@ class LifecycleConfig(Section):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     # How often ztpd looks for expired deadlines (the next deadline wakes it sooner).
     sweep_interval: Seconds = 5
+    # An inspecting node whose agent has spoken fails ("agent silent in inspecting") when it
+    # is not heard from for this long; the agent heartbeats every 10 s by default.
+    agent_silence: Seconds = 120
 
 
 class LogConfig(Section):

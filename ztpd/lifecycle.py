@@ -175,6 +175,7 @@ class Lifecycle:
                 "deadline = ?",
                 "failed_from = ?",
                 "reason = ?",
+                "deadline_reason = NULL",
             ]
             params: list[Any] = [target.value, now, now, deadline, failed_from, reason]
             if profile is not None:
@@ -210,11 +211,27 @@ class Lifecycle:
                 log.exception("transition listener failed node=%s", node_id)
         return result
 
+    def touch(self, node_id: int, state: str, seconds: float, reason: str) -> bool:
+        """Move the deadline of a node in ``state`` to ``seconds`` from now, failing it with
+        ``reason`` if nothing touches it again by then (a heartbeat deadline). The state's own
+        timeout still bounds the whole stay, with its own reason. False if the node is not in
+        ``state``. No event: this is liveness, not a transition."""
+        at, limit = self.store.clock() + seconds, float(self.timeouts[state])
+        with self.store.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE nodes SET deadline = MIN(?, state_since + ?), deadline_reason = "
+                "CASE WHEN ? < state_since + ? THEN ? ELSE NULL END "
+                "WHERE id = ? AND state = ? AND merged_into IS NULL",
+                (at, limit, at, limit, reason, node_id, state),
+            )
+        return cur.rowcount > 0
+
     def expire_due(self) -> list[Transition]:
         """Fail every node whose in-progress deadline has passed."""
         now = self.store.clock()
         rows = self.store.query(
-            "SELECT id, state FROM nodes WHERE deadline IS NOT NULL AND deadline <= ? "
+            "SELECT id, state, deadline_reason FROM nodes WHERE deadline IS NOT NULL "
+            "AND deadline <= ? "
             "AND merged_into IS NULL ORDER BY deadline",
             (now,),
         )
@@ -226,7 +243,7 @@ class Lifecycle:
                         row["id"],
                         T.TIMEOUT,
                         cause="timeout",
-                        reason=f"timed out in {row['state']}",
+                        reason=row["deadline_reason"] or f"timed out in {row['state']}",
                         expect=row["state"],
                     )
                 )

@@ -97,4 +97,29 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX runs_node ON runs(node_id);
     """,
+    # 2: the discovery agent. A deadline may carry its own failure reason ("agent silent in
+    # inspecting" when heartbeats moved it); the agent's console log, in chunks by boot; and the
+    # agent's last word (heartbeat) and the action waiting for it.
+    """
+    ALTER TABLE nodes ADD COLUMN deadline_reason TEXT;
+
+    CREATE TABLE agent_logs (
+        id          INTEGER PRIMARY KEY,
+        node_id     INTEGER NOT NULL REFERENCES nodes(id),
+        boot        TEXT NOT NULL,      -- the ramdisk's boot id: one log per boot
+        offset      INTEGER NOT NULL,   -- byte offset of this chunk in that boot's log
+        ts          REAL NOT NULL,
+        text        TEXT NOT NULL
+    );
+    CREATE INDEX agent_logs_node ON agent_logs(node_id, boot, offset);
+
+    CREATE TABLE agents (
+        node_id     INTEGER PRIMARY KEY REFERENCES nodes(id),
+        boot        TEXT,
+        stage       TEXT,               -- what the agent said it is doing
+        address     TEXT,               -- where its last request came from
+        last_seen   REAL NOT NULL,
+        action      TEXT                -- ordered for it (reboot, poweroff ...); NULL: wait
+    );
+    """,
 ]
