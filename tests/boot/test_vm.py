@@ -1,0 +1,225 @@
+"""End to end: a QEMU VM (TCG) PXE boots against ztpd (DHCP full mode, TFTP, HTTP boot) on a LAN
+made of network namespaces, and reaches its second-stage script — seen in ztpd's events.
+
+BIOS: QEMU's e1000 ROM is iPXE already, so it asks DHCP, gets the boot script URL and goes
+straight to HTTP. UEFI: OVMF's own PXE on virtio-net (no option ROM) fetches ipxe.efi over TFTP,
+which asks DHCP again and chains to HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.netns import Lan, Netns, lan, require, wait_for
+
+__all__ = ["lan"]
+
+pytestmark = [pytest.mark.netns, pytest.mark.vm, pytest.mark.slow]
+
+HERE = Path(__file__).parent
+SERVE = HERE / "serve.py"
+TEMPLATES = HERE.parents[1] / "boot-templates"
+IPXE = Path("/usr/lib/ipxe")
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+E1000_ROM = IPXE / "qemu" / "pxe-e1000.rom"
+SERVER = "10.77.0.1"
+DEADLINE = 60.0
+
+
+@dataclass
+class Ztpd:
+    ns: Netns
+    state: Path
+    proc: subprocess.Popen[bytes]
+
+    def log(self) -> str:
+        return (self.state / "ztpd.log").read_text(errors="replace")
+
+    def macs(self, node_id: int) -> list[str]:
+        conn = sqlite3.connect(f"file:{self.state / 'ztpd.db'}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT mac FROM node_macs WHERE node_id = ?", (node_id,))
+            return [mac for (mac,) in rows]
+        finally:
+            conn.close()
+
+    def boot_events(self) -> list[dict[str, Any]]:
+        if not (self.state / "ztpd.db").exists():
+            return []
+        conn = sqlite3.connect(f"file:{self.state / 'ztpd.db'}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT node_id, detail FROM events WHERE kind = 'boot'")
+            return [{"node_id": n, **json.loads(d)} for n, d in rows]
+        except sqlite3.OperationalError:
+            return []  # schema not created yet
+        finally:
+            conn.close()
+
+
+def loaders(images: Path) -> None:
+    """The loaders ztpd serves (from `make images` when run, else Debian's ipxe package), and a
+    stand-in discovery kernel/initrd: reaching the second stage is what is tested here."""
+    checkout = HERE.parents[1] / "images"
+    for name in ("undionly.kpxe", "ipxe.efi", "snponly.efi"):
+        src = checkout / name if (checkout / name).is_file() else IPXE / name
+        if not src.is_file():
+            pytest.skip(f"needs the iPXE loaders: run `make images` or install ipxe ({name})")
+        shutil.copyfile(src, images / name)
+    (images / "discovery").mkdir()
+    (images / "discovery" / "vmlinuz").write_bytes(b"not a kernel")
+    (images / "discovery" / "initrd.img").write_bytes(b"not an initrd")
+
+
+@pytest.fixture
+def ztpd(lan: Lan, tmp_path: Path) -> Iterator[Ztpd]:
+    require("qemu-system-x86_64")
+    images = tmp_path / "images"
+    images.mkdir()
+    loaders(images)
+    server = lan.host("srv", f"{SERVER}/24")
+    config = tmp_path / "ztpd.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "state_dir": str(tmp_path),
+                "images_dir": str(images),
+                "templates_dir": str(TEMPLATES),
+                "log": {"level": "info"},
+                "http": {"listen": [SERVER], "port": 8080},
+                "tftp": {"enabled": True, "listen": [SERVER], "port": 69},
+                "dhcp": {
+                    "mode": "full",
+                    "interfaces": ["eth0"],
+                    "subnets": [
+                        {
+                            "subnet": "10.77.0.0/24",
+                            "pools": [{"start": "10.77.0.100", "end": "10.77.0.150"}],
+                            "router": SERVER,
+                        }
+                    ],
+                },
+            }
+        )
+    )
+    with (tmp_path / "ztpd.log").open("wb") as out:
+        proc = server.popen(
+            [sys.executable, str(SERVE), str(config)], stdout=out, stderr=subprocess.STDOUT
+        )
+    z = Ztpd(server, tmp_path, proc)
+    wait_for(lambda: "ready" in z.log() or proc.poll() is not None, "ztpd to start")
+    assert proc.poll() is None, z.log()
+    yield z
+    server.stop(proc)
+
+
+def vm(
+    lan: Lan, tmp_path: Path, name: str, *, mac: str, firmware: list[str], nic: str
+) -> subprocess.Popen[bytes]:
+    """QEMU under TCG on a tap port of the LAN's bridge, serial console to a file."""
+    switch = lan.switch
+    assert switch is not None
+    tap = f"tap{name}"
+    switch.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"])
+    switch.run(["ip", "link", "set", tap, "master", "br0", "up"])
+    argv = [
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-m",
+        "256",
+        "-nodefaults",
+        "-nographic",
+        "-display",
+        "none",
+        "-serial",
+        f"file:{tmp_path / (name + '.console')}",
+        "-netdev",
+        f"tap,id=n0,ifname={tap},script=no,downscript=no",
+        "-device",
+        f"{nic},netdev=n0,mac={mac},bootindex=1",
+        *firmware,
+    ]
+    with (tmp_path / f"{name}.qemu").open("wb") as out:
+        return switch.popen(argv, stdout=out, stderr=subprocess.STDOUT)
+
+
+def reached_second_stage(z: Ztpd, platform: str) -> dict[str, Any] | None:
+    for e in z.boot_events():
+        if e.get("asked") == "/ipxe" and e.get("platform") == platform:
+            return e
+    return None
+
+
+def test_bios_vm_reaches_second_stage(lan: Lan, ztpd: Ztpd, tmp_path: Path) -> None:
+    if not E1000_ROM.is_file():
+        pytest.skip(f"needs QEMU's iPXE ROMs: {E1000_ROM} (apt-get install ipxe-qemu)")
+    started = time.monotonic()
+    proc = vm(
+        lan,
+        tmp_path,
+        "bios",
+        mac="52:54:00:77:00:01",
+        firmware=["-boot", "n"],
+        nic=f"e1000,romfile={E1000_ROM}",
+    )
+    event = wait_for(
+        lambda: reached_second_stage(ztpd, "pcbios") or proc.poll() is not None,
+        "the BIOS VM to fetch its second stage",
+        timeout=DEADLINE,
+        step=0.5,
+    )
+    assert isinstance(event, dict), (tmp_path / "bios.qemu").read_text(errors="replace")
+    assert event["status"] == 200 and event["served"] == "discovery.ipxe.j2"
+    print(f"bios second stage after {time.monotonic() - started:.1f}s")
+    assert ztpd.macs(event["node_id"]) == ["52:54:00:77:00:01"]
+
+
+def test_uefi_vm_fetches_ipxe_efi_over_tftp_and_reaches_second_stage(
+    lan: Lan, ztpd: Ztpd, tmp_path: Path
+) -> None:
+    if not (OVMF_CODE.is_file() and OVMF_VARS.is_file()):
+        pytest.skip(f"needs OVMF: {OVMF_CODE} (apt-get install ovmf)")
+    variables = tmp_path / "vars.fd"
+    shutil.copyfile(OVMF_VARS, variables)
+    firmware = [
+        "-machine",
+        "q35",
+        "-drive",
+        f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+        "-drive",
+        f"if=pflash,format=raw,file={variables}",
+    ]
+    started = time.monotonic()
+    # romfile= (empty): no iPXE option ROM, so OVMF's own PXE does the first step over TFTP.
+    proc = vm(
+        lan,
+        tmp_path,
+        "uefi",
+        mac="52:54:00:77:00:02",
+        firmware=firmware,
+        nic="virtio-net-pci,romfile=",
+    )
+    event = wait_for(
+        lambda: reached_second_stage(ztpd, "efi") or proc.poll() is not None,
+        "the UEFI VM to fetch its second stage",
+        timeout=DEADLINE,
+        step=0.5,
+    )
+    assert isinstance(event, dict), (tmp_path / "uefi.qemu").read_text(errors="replace")
+    assert event["status"] == 200 and event["served"] == "discovery.ipxe.j2"
+    print(f"uefi second stage after {time.monotonic() - started:.1f}s")
+    assert "tftp sent" in ztpd.log() and "file=ipxe.efi" in ztpd.log()
+    assert ztpd.macs(event["node_id"]) == ["52:54:00:77:00:02"]
