@@ -165,8 +165,14 @@
     // EventSource reconnects by itself and sends Last-Event-ID, so nothing is missed.
     const es = new EventSource("/api/v1/events/stream?" + params.toString());
     const status = $("#live-status");
-    es.onopen = () => { if (status) status.textContent = ""; };
-    es.onerror = () => { if (status) status.textContent = "Live updates interrupted; reconnecting…"; };
+    es.onopen = () => {
+      document.body.dataset.live = "open";
+      if (status) status.textContent = "";
+    };
+    es.onerror = () => {
+      document.body.dataset.live = "reconnecting";
+      if (status) status.textContent = "Live updates interrupted; reconnecting…";
+    };
     const handle = (msg) => {
       let ev;
       try { ev = JSON.parse(msg.data); } catch (e) { return; }
