@@ -17,11 +17,15 @@ from typing import Any
 
 from ztpd.config import Config
 from ztpd.errors import ConfigError
+from ztpd.http.api import add_api_routes, make_deps
+from ztpd.http.profiles_view import CatalogView
 from ztpd.http.server import HttpService, make_app
 from ztpd.lifecycle import IN_PROGRESS, DeadlineWatcher, Lifecycle, Transition
 from ztpd.matcher import Matcher, MatchWorker
+from ztpd.metrics import Metrics
 from ztpd.profiles import ProfileCatalog
 from ztpd.store import Store
+from ztpd.web import add_web_routes
 
 log = logging.getLogger("ztpd.app")
 
@@ -53,6 +57,8 @@ class Appliance:
     def __init__(self, config: Config, store: Store) -> None:
         self.config = config
         self.store = store
+        # One metrics set for the process; services that count things take it as an argument.
+        self.metrics = Metrics()
         self.lifecycle = make_lifecycle(config, store)
         self.watcher = DeadlineWatcher(self.lifecycle, config.lifecycle.sweep_interval)
         # A broken profile set at start-up is reported (log, page, `ztpd check`) and ztpd
@@ -63,6 +69,16 @@ class Appliance:
         self.match_worker = MatchWorker(self.matcher, config.profiles_poll_interval)
         self.lifecycle.subscribe(self.match_worker.on_transition)
         self.http_app = make_app(config.http)
+        self.api = make_deps(
+            store,
+            self.lifecycle,
+            config.http.auth,
+            self.metrics,
+            profiles=CatalogView(self.catalog, self.matcher, store),
+            images_dir=config.images_dir,
+        )
+        add_api_routes(self.http_app, self.api)  # /api/v1, /metrics, the live event hub
+        add_web_routes(self.http_app, self.api)  # the status page
         self.http = HttpService(config.http, self.http_app)
         # Called on SIGHUP (and by the profile watcher): each reloads what it owns.
         self.reloaders: list[Callable[[], None]] = [self.match_worker.reload]

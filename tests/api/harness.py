@@ -12,10 +12,13 @@ from aiohttp import web
 
 from ztpd.config import ApiToken, AuthConfig, HttpConfig, TimeoutsConfig
 from ztpd.http.api import Deps, ProfileView, add_api_routes, make_deps
+from ztpd.http.profiles_view import CatalogView
 from ztpd.http.server import make_app
 from ztpd.identity import Identity
 from ztpd.lifecycle import Lifecycle, Trigger
+from ztpd.matcher import Matcher
 from ztpd.metrics import Metrics
+from ztpd.profiles import ProfileCatalog
 from ztpd.store import Nodes, Store
 from ztpd.web import add_web_routes
 
@@ -76,9 +79,14 @@ def build(
     anonymous_metrics: bool = True,
     profiles: ProfileView | None = None,
     images_dir: Path | None = None,
+    profiles_dir: Path | None = None,
 ) -> Env:
     store = Store(tmp_path / "ztpd.db")
     lifecycle = Lifecycle(store, TimeoutsConfig().model_dump())
+    if profiles_dir is not None:
+        catalog = ProfileCatalog(profiles_dir)
+        catalog.reload()
+        profiles = CatalogView(catalog, Matcher(store, lifecycle, catalog), store)
     auth = AuthConfig(
         tokens=[
             ApiToken(name="ops", role="admin", token=ADMIN),
