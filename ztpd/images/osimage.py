@@ -1,0 +1,497 @@
+"""Bootable OS disk images for ``os.method: image``, built from Debian packages.
+
+``build(images_dir, "debian-12")`` makes ``<images>/os/debian-12/``:
+
+    debian-12.raw        GPT disk: 1 MiB BIOS boot, 64 MiB ESP, ext4 root (last, so it can grow)
+    debian-12.raw.zst    the same, compressed (what the agent streams)
+    manifest.json        sha256 and size of both, the recipe and the root filesystem's UUID
+
+The root filesystem comes from ``debootstrap`` (a minimal bookworm with the stock kernel,
+openssh-server and cloud-init) against the Debian mirror apt on this machine already uses; it is
+packed with ``mkfs.ext4 -d`` and the ESP with mtools, so nothing is mounted and no loop device
+is needed. GRUB boots both firmwares: a standalone ``BOOTX64.EFI`` on the ESP (UEFI) and
+``grub-bios-setup`` into the BIOS boot partition (BIOS); both read ``/boot/grub/grub.cfg`` on
+the root filesystem, which boots the ``/vmlinuz`` and ``/initrd.img`` links Debian keeps current,
+so a kernel upgrade inside the installed system takes effect.
+
+The installed system learns who it is from a cloud-init NoCloud seed (the agent writes
+``/var/lib/cloud/seed/nocloud/{user-data,meta-data}``, rendered by ``ztpd.install`` for method
+``image``): hostname, users, keys, network, growpart, and ``phone_home`` to ztpd with the SSH
+host keys, which cloud-init generates on first boot (the image carries none).
+
+A build needs root (debootstrap, chroot) and a few minutes; the result is cached: a second call
+with the same recipe returns the manifest without building. Images are never committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ztpd.errors import NotFound, ZtpdError
+from ztpd.images import sha256
+
+log = logging.getLogger("ztpd.images.osimage")
+
+OS_DIR = "os"
+MANIFEST = "manifest.json"
+MIB = 1 << 20
+BIOS_BOOT_MIB = 1
+ESP_MIB = 64
+ROOT_LABEL = "ztpd-root"
+ESP_LABEL = "ZTPD-ESP"
+KERNEL_ARGS = "ro console=tty0 console=ttyS0,115200n8"
+BUILD_TIMEOUT = 1800
+GRUB_PC = Path("/usr/lib/grub/i386-pc")  # grub-pc-bin: BIOS modules and grub-bios-setup
+# GPT partition type GUIDs (sfdisk accepts them verbatim).
+BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
+ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What goes into one image; its fingerprint decides whether a cached image still fits."""
+
+    name: str
+    suite: str
+    packages: tuple[str, ...]
+    # Trimmed after install: documentation and translations nobody reads on a node.
+    trim: tuple[str, ...] = (
+        "usr/share/man",
+        "usr/share/info",
+        "usr/share/locale",
+        "usr/share/doc",
+        "var/cache/apt/archives",
+        "var/lib/apt/lists",
+    )
+    version: int = 1  # bump when the build steps change what ends up in the image
+
+    def fingerprint(self, mirror: str) -> str:
+        text = json.dumps({**asdict(self), "mirror": mirror}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+RECIPES: dict[str, Recipe] = {
+    "debian-12": Recipe(
+        name="debian-12",
+        suite="bookworm",
+        packages=(
+            "linux-image-amd64",
+            "systemd-sysv",
+            "udev",
+            "openssh-server",
+            "cloud-init",
+            "cloud-guest-utils",  # growpart: cloud-init grows the root partition to the disk
+            "ifupdown",  # cloud-init's network renderer on Debian
+            "isc-dhcp-client",
+            "iproute2",
+            "netbase",
+            "sudo",
+            "e2fsprogs",
+        ),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    name: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class OsImage:
+    name: str
+    fingerprint: str
+    mirror: str
+    suite: str
+    root_uuid: str
+    files: tuple[ImageFile, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "mirror": self.mirror,
+            "suite": self.suite,
+            "root_uuid": self.root_uuid,
+            "files": {f.name: {"sha256": f.sha256, "size": f.size} for f in self.files},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OsImage:
+        return cls(
+            name=d["name"],
+            fingerprint=d["fingerprint"],
+            mirror=d["mirror"],
+            suite=d["suite"],
+            root_uuid=d["root_uuid"],
+            files=tuple(
+                ImageFile(n, f["sha256"], int(f["size"])) for n, f in sorted(d["files"].items())
+            ),
+        )
+
+    def file(self, suffix: str) -> ImageFile:
+        """The file ending in ``suffix`` (".raw", ".raw.zst")."""
+        for f in self.files:
+            if f.name == f"{self.name}{suffix}":
+                return f
+        raise NotFound(f"image {self.name} has no {suffix} file")
+
+
+# --- the mirror apt already uses ------------------------------------------------------------
+
+
+def _sources(apt_dir: Path) -> list[tuple[list[str], list[str], list[str]]]:
+    """(uris, suites, components) of every enabled ``deb`` source, deb822 and one-line."""
+    found: list[tuple[list[str], list[str], list[str]]] = []
+    one_line = [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*.list"))]
+    for path in one_line:
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            words = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()
+            if len(words) >= 3 and words[0] == "deb":
+                found.append(([words[1]], [words[2]], words[3:]))
+    for path in sorted((apt_dir / "sources.list.d").glob("*.sources")):
+        for stanza in re.split(r"\n\s*\n", path.read_text()):
+            fields: dict[str, str] = {}
+            for line in stanza.splitlines():
+                if line.startswith("#") or ":" not in line or line[:1].isspace():
+                    continue
+                key, _, value = line.partition(":")
+                fields[key.strip().lower()] = value.strip()
+            if "deb" in fields.get("types", "").split() and fields.get("enabled", "yes") != "no":
+                found.append(
+                    (
+                        fields.get("uris", "").split(),
+                        fields.get("suites", "").split(),
+                        fields.get("components", "").split(),
+                    )
+                )
+    return found
+
+
+def apt_mirror(suite: str, apt_dir: Path = Path("/etc/apt")) -> str:
+    """The URL apt on this machine uses for ``suite`` main (debootstrap takes the same)."""
+    for uris, suites, components in _sources(apt_dir):
+        if suite in suites and "main" in components and uris:
+            return uris[0].rstrip("/")
+    raise ZtpdError(
+        f"images: no apt source for {suite} main in {apt_dir}/sources.list*; "
+        "pass the mirror explicitly"
+    )
+
+
+# --- building -------------------------------------------------------------------------------
+
+
+def _run(argv: list[str], *, timeout: float = 600, env: dict[str, str] | None = None) -> str:
+    log.debug("images run argv=%s", " ".join(argv))
+    try:
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ZtpdError(f"images: {argv[0]} failed: {e}") from None
+    if done.returncode != 0:
+        tail = (done.stderr.strip() or done.stdout.strip())[-800:]
+        raise ZtpdError(f"images: {' '.join(argv[:3])} ... exited {done.returncode}: {tail}")
+    return done.stdout
+
+
+def _unmount_below(path: Path) -> None:
+    """debootstrap mounts /proc and /sys inside the target; a killed build may leave them."""
+    resolved = str(path.resolve())
+    mounts = Path("/proc/mounts").read_text().splitlines()
+    targets = [m.split()[1] for m in mounts if len(m.split()) > 1]
+    for target in sorted((t for t in targets if t.startswith(resolved + "/")), reverse=True):
+        subprocess.run(["umount", "-l", target], check=False, capture_output=True)
+
+
+def _configure(root: Path, root_uuid: str) -> None:
+    """Make the debootstrapped tree a system that boots anywhere and is made unique later."""
+    (root / "etc/hostname").write_text("debian\n")
+    (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n")
+    (root / "etc/fstab").write_text(
+        f"UUID={root_uuid}\t/\text4\terrors=remount-ro\t0\t1\n"
+        f"LABEL={ESP_LABEL}\t/boot/efi\tvfat\tumask=0077,nofail\t0\t2\n"
+    )
+    (root / "boot/efi").mkdir(parents=True, exist_ok=True)
+    grub = root / "boot/grub"
+    grub.mkdir(parents=True, exist_ok=True)
+    # Read by both loaders; edit it on the node to change kernel arguments.
+    (grub / "grub.cfg").write_text(
+        "set timeout=1\n"
+        'menuentry "Debian GNU/Linux" {\n'
+        f"  search --no-floppy --fs-uuid {root_uuid} --set=root\n"
+        f"  linux /vmlinuz root=UUID={root_uuid} {KERNEL_ARGS}\n"
+        "  initrd /initrd.img\n"
+        "}\n"
+    )
+    cloud = root / "etc/cloud/cloud.cfg.d"
+    cloud.mkdir(parents=True, exist_ok=True)
+    # Only the seed ztpd's agent writes (or a CIDATA volume); never probe cloud metadata services.
+    (cloud / "90-ztpd.cfg").write_text("datasource_list: [NoCloud, None]\n")
+    # Every node gets its own SSH host keys and machine id on first boot.
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    (root / "etc/machine-id").write_text("")
+    (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+    dropin = root / "etc/systemd/system/ssh.service.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "ztpd-hostkeys.conf").write_text("[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n")
+    for log_file in (root / "var/log").rglob("*"):
+        if log_file.is_file():
+            log_file.unlink()
+
+
+def _trim(root: Path, recipe: Recipe) -> None:
+    for rel in recipe.trim:
+        target = root / rel
+        if not target.is_dir():
+            continue
+        for child in target.iterdir():
+            # Licences stay: usr/share/doc/*/copyright.
+            if rel == "usr/share/doc" and child.is_dir() and not child.is_symlink():
+                for f in child.iterdir():
+                    if f.name != "copyright":
+                        shutil.rmtree(f) if f.is_dir() and not f.is_symlink() else f.unlink()
+            elif child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+
+def _tree_bytes(root: Path) -> int:
+    return int(_run(["du", "-sb", "--apparent-size", str(root)]).split()[0])
+
+
+def _esp(work: Path, root_uuid: str) -> Path:
+    """A FAT ESP with a standalone GRUB that hands over to the root filesystem's grub.cfg."""
+    early = work / "early.cfg"
+    early.write_text(
+        f"search --no-floppy --fs-uuid {root_uuid} --set=root\n"
+        "set prefix=($root)/boot/grub\n"
+        "configfile ($root)/boot/grub/grub.cfg\n"
+    )
+    efi = work / "BOOTX64.EFI"
+    _run(
+        [
+            "grub-mkstandalone",
+            "-O",
+            "x86_64-efi",
+            "-o",
+            str(efi),
+            "--modules=part_gpt part_msdos ext2 fat search search_fs_uuid linux normal "
+            "configfile echo all_video gzio",
+            "--locales=",
+            "--themes=",
+            "--fonts=",
+            f"boot/grub/grub.cfg={early}",
+        ]
+    )
+    esp = work / "esp.img"
+    esp.unlink(missing_ok=True)
+    _run(["mkfs.vfat", "-C", "-F", "32", "-n", ESP_LABEL, str(esp), str(ESP_MIB * 1024)])
+    env = {"MTOOLS_SKIP_CHECK": "1"}
+    _run(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], env=env)
+    _run(["mcopy", "-i", str(esp), str(efi), "::/EFI/BOOT/BOOTX64.EFI"], env=env)
+    return esp
+
+
+def _bios(disk: Path, work: Path, root_uuid: str) -> None:
+    """GRUB for BIOS firmware: core image in the BIOS boot partition (the modules it loads were
+    copied into the root filesystem's /boot/grub/i386-pc before packing)."""
+    early = work / "bios-early.cfg"
+    early.write_text(
+        f"search --no-floppy --fs-uuid {root_uuid} --set=root\nset prefix=($root)/boot/grub\n"
+    )
+    core_dir = work / "i386-pc"
+    shutil.copytree(GRUB_PC, core_dir, dirs_exist_ok=True)
+    _run(
+        [
+            "grub-mkimage",
+            "-O",
+            "i386-pc",
+            "-o",
+            str(core_dir / "core.img"),
+            "-c",
+            str(early),
+            "-p",
+            "/boot/grub",
+            "biosdisk",
+            "part_gpt",
+            "ext2",
+            "search_fs_uuid",
+        ]
+    )
+    devmap = work / "device.map"
+    devmap.write_text(f"(hd0) {disk}\n")
+    _run(
+        [
+            str(GRUB_PC / "grub-bios-setup"),
+            "--skip-fs-probe",
+            f"--directory={core_dir}",
+            f"--device-map={devmap}",
+            str(disk),
+        ]
+    )
+
+
+def _disk(work: Path, name: str, esp: Path, rootfs: Path) -> Path:
+    disk = work / f"{name}.raw"
+    disk.unlink(missing_ok=True)
+    esp_start = 1 + BIOS_BOOT_MIB
+    root_start = esp_start + ESP_MIB
+    root_mib = rootfs.stat().st_size // MIB
+    total_mib = root_start + root_mib + 1  # + the backup GPT
+    with disk.open("wb") as f:
+        f.truncate(total_mib * MIB)
+    layout = (
+        "label: gpt\n"
+        f"start={1 * MIB // 512}, size={BIOS_BOOT_MIB * MIB // 512}, type={BIOS_BOOT}, "
+        'name="bios"\n'
+        f'start={esp_start * MIB // 512}, size={ESP_MIB * MIB // 512}, type={ESP}, name="esp"\n'
+        f"start={root_start * MIB // 512}, size={root_mib * MIB // 512}, type={LINUX}, "
+        'name="root"\n'
+    )
+    done = subprocess.run(
+        ["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(disk)],
+        input=layout,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    if done.returncode != 0:
+        raise ZtpdError(f"images: sfdisk failed: {done.stderr.strip()[-500:]}")
+    for part, start in ((esp, esp_start), (rootfs, root_start)):
+        _run(
+            [
+                "dd",
+                f"if={part}",
+                f"of={disk}",
+                "bs=1M",
+                f"seek={start}",
+                "conv=notrunc,sparse",
+                "status=none",
+            ]
+        )
+    return disk
+
+
+def cached(images_dir: Path, name: str) -> OsImage | None:
+    """The manifest of a built image whose files are all present with their recorded size."""
+    out = images_dir / OS_DIR / name
+    try:
+        image = OsImage.from_dict(json.loads((out / MANIFEST).read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    for f in image.files:
+        path = out / f.name
+        if not path.is_file() or path.stat().st_size != f.size:
+            return None
+    return image
+
+
+def build(
+    images_dir: Path,
+    name: str,
+    *,
+    mirror: str | None = None,
+    apt_dir: Path = Path("/etc/apt"),
+    refresh: bool = False,
+) -> OsImage:
+    """Build (or reuse) image ``name``; returns its manifest. Needs root."""
+    recipe = RECIPES.get(name)
+    if recipe is None:
+        raise NotFound(f"no image recipe {name!r} (known: {', '.join(sorted(RECIPES))})")
+    mirror = (mirror or apt_mirror(recipe.suite, apt_dir)).rstrip("/")
+    fingerprint = recipe.fingerprint(mirror)
+    have = None if refresh else cached(images_dir, name)
+    if have is not None and have.fingerprint == fingerprint:
+        log.info("os image reuse name=%s fingerprint=%s", name, fingerprint)
+        return have
+    if os.geteuid() != 0:
+        raise ZtpdError(f"images: building {name} needs root (debootstrap and chroot)")
+    out = images_dir / OS_DIR / name
+    work = images_dir / OS_DIR / f".build-{name}"
+    _unmount_below(work)
+    shutil.rmtree(work, ignore_errors=True)
+    root = work / "root"
+    root.mkdir(parents=True)
+    root_uuid = str(uuid.uuid4())
+    log.info("os image build name=%s suite=%s mirror=%s", name, recipe.suite, mirror)
+    try:
+        _run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--components=main",
+                f"--include={','.join(recipe.packages)}",
+                recipe.suite,
+                str(root),
+                mirror,
+            ],
+            timeout=BUILD_TIMEOUT,
+            env={"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"},
+        )
+        _unmount_below(root)
+        _configure(root, root_uuid)
+        _trim(root, recipe)
+        rootfs = work / "root.ext4"
+        # Room for the tree, ext4's own metadata and a little headroom; growpart+resize2fs
+        # take the rest of the node's disk on first boot.
+        used = _tree_bytes(root)
+        with rootfs.open("wb") as f:
+            f.truncate(((used * 13 // 10) // MIB + 160) * MIB)
+        esp = _esp(work, root_uuid)
+        # The BIOS core image loads its modules from the root filesystem.
+        shutil.copytree(GRUB_PC, root / "boot/grub/i386-pc", dirs_exist_ok=True)
+        _run(
+            [
+                *("mkfs.ext4", "-q", "-F", "-L", ROOT_LABEL, "-U", root_uuid, "-m", "1"),
+                *("-E", "root_owner=0:0", "-d", str(root), str(rootfs)),
+            ],
+            timeout=BUILD_TIMEOUT,
+        )
+        disk = _disk(work, name, esp, rootfs)
+        _bios(disk, work, root_uuid)
+        _run(["zstd", "-q", "-f", "-T0", "-6", str(disk), "-o", f"{disk}.zst"], timeout=900)
+        out.mkdir(parents=True, exist_ok=True)
+        files = []
+        for path in (disk, Path(f"{disk}.zst")):
+            dest = out / path.name
+            os.replace(path, dest)
+            files.append(ImageFile(dest.name, sha256(dest), dest.stat().st_size))
+        image = OsImage(name, fingerprint, mirror, recipe.suite, root_uuid, tuple(files))
+        part = out / f".{MANIFEST}.part"
+        part.write_text(json.dumps(image.to_dict(), indent=2, sort_keys=True) + "\n")
+        os.replace(part, out / MANIFEST)
+    finally:
+        _unmount_below(work)
+        shutil.rmtree(work, ignore_errors=True)
+    log.info(
+        "os image ready name=%s raw_bytes=%s sha256=%s",
+        name,
+        image.file(".raw").size,
+        image.file(".raw").sha256,
+    )
+    return image
