@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 # Debian packages: runtime tools, the real protocol peers the tests talk to, and the VM stack.
 APT_PACKAGES := python3 python3-venv iproute2 curl ca-certificates \
 	dnsmasq-base kea-dhcp4-server kea-admin udhcpc isc-dhcp-client tcpdump \
-	tftp-hpa atftp ipxe ovmf qemu-system-x86 busybox-static systemd chromium
+	tftp-hpa atftp ipxe ovmf qemu-system-x86 busybox-static systemd chromium \
+	qemu-utils ipxe-qemu
 # Demo state stays in the checkout, never in /var/lib.
 DEMO_STATE := state/demo
 

@@ -18,6 +18,8 @@ from typing import Any, TextIO
 from ztpd import __version__, config, log, profiles
 from ztpd.app import Appliance, make_lifecycle, open_store
 from ztpd.errors import ConfigError, StoreError, ZtpdError
+from ztpd.lab import Lab, Settings
+from ztpd.lab import forward as lab_forward
 from ztpd.lifecycle import Trigger
 from ztpd.matcher import Matcher
 from ztpd.model import Event, Node
@@ -264,6 +266,34 @@ def cmd_node(ctx: Ctx, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_lab(ctx: Ctx, args: argparse.Namespace) -> int:
+    if args.lab_cmd == "forward":
+        host, _, port = args.to.rpartition(":")
+        lab_forward.run(args.fd, host, int(port))
+        return EXIT_OK
+    cfg = ctx.config
+    lab = Lab(
+        Settings(
+            state=args.state.resolve(),
+            profiles_dir=cfg.profiles_dir,
+            templates_dir=cfg.templates_dir,
+            images_dir=cfg.images_dir,
+            port=args.port,
+            python=sys.executable,
+            env=dict(os.environ),
+            name=args.name,
+            build_discovery=not args.no_discovery_build,
+        ),
+        ctx.out,
+    )
+    if args.lab_cmd == "up":
+        return lab.up(args.nodes, args.firmware, args.timeout)
+    if args.lab_cmd == "down":
+        lab.down()
+        return EXIT_OK
+    return lab.status()
+
+
 # --- parser --------------------------------------------------------------------------------------
 
 
@@ -387,6 +417,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="with retire: what to erase on the node's disks",
     )
     s.set_defaults(func=cmd_node)
+
+    s = sub.add_parser(
+        "lab",
+        parents=[common],
+        help="a virtual edge LAN of QEMU VMs served by ztpd (root)",
+        description="Build an isolated LAN from network namespaces, run ztpd on it (DHCP, TFTP, "
+        "HTTP) and power on VMs that PXE boot from it; the status page is forwarded to "
+        "127.0.0.1 only. Profiles, templates and images come from the config's directories.",
+    )
+    s.add_argument("--state", type=Path, default=Path("state/lab"), help="default state/lab")
+    s.add_argument("--name", default="ztpd-lab", help="namespace prefix (default ztpd-lab)")
+    s.add_argument("--port", type=int, default=8480, help="host port of the page (default 8480)")
+    lsub = s.add_subparsers(dest="lab_cmd", required=True, metavar="up|down|status")
+    up = lsub.add_parser("up", help="start the lab (idempotent) and follow its nodes")
+    up.add_argument("--nodes", type=int, default=3, help="how many VMs (default 3)")
+    up.add_argument("--firmware", choices=["bios", "uefi", "mixed"], default="mixed")
+    up.add_argument("--timeout", type=float, default=900, help="seconds to follow (default 900)")
+    up.add_argument(
+        "--no-discovery-build",
+        action="store_true",
+        help="do not build a missing discovery image (VMs stop at the discovery boot)",
+    )
+    lsub.add_parser("down", help="remove every namespace, process and file of the lab")
+    lsub.add_parser("status", help="what the lab runs, and where its nodes are")
+    fw = lsub.add_parser("forward")  # internal: started by `lab up` inside the lab
+    fw.add_argument("--fd", type=int, required=True)
+    fw.add_argument("--to", required=True)
+    s.set_defaults(func=cmd_lab, no_discovery_build=False)
     return p
 
 
