@@ -57,10 +57,11 @@ images: venv
 check: venv
 	$(BIN)/ztpd check
 
+# The lab: 3 VMs on a virtual LAN in network namespaces (root), page on 127.0.0.1:8480.
+# Ctrl-C stops following; `.venv/bin/ztpd lab down` removes everything the lab made.
 demo: deps
-	@mkdir -p $(DEMO_STATE)
-	@echo "ztpd demo: HTTP on http://127.0.0.1:8080 (try /healthz), state in $(DEMO_STATE), no DHCP. Ctrl-C stops."
-	ZTPD_STATE_DIR=$(DEMO_STATE) $(BIN)/ztpd serve
+	@echo "ztpd demo: status page on http://127.0.0.1:8480/ once the lab is up; state in state/lab"
+	$(BIN)/ztpd lab up --nodes 3
 
 clean:
 	rm -rf $(VENV) state .mypy_cache .ruff_cache .pytest_cache
