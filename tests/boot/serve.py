@@ -43,7 +43,7 @@ async def serve(path: Path) -> None:
     try:
         async with (
             HttpService(cfg.http, app),
-            TftpService(cfg.tftp, cfg.images_dir),
+            TftpService(cfg.tftp, cfg.images_dir, observer=backend.record_tftp),
             DhcpService(cfg.dhcp, SqliteBackend(store), boot_targets(cfg)),
         ):
             print("ready", flush=True)

@@ -277,3 +277,17 @@ async def test_huge_headers_rejected_and_server_keeps_serving(env: Env) -> None:
     assert status in (400, 414)
     status, _, _ = await curl(env.url + "/boot.ipxe")
     assert status == 200
+
+
+async def test_slow_client_does_not_hold_up_others(env: Env) -> None:
+    host, port = env.url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and nothing more
+        await writer.drain()
+        for _ in range(3):
+            status, _, _ = await curl(env.url + "/boot.ipxe")
+            assert status == 200
+    finally:
+        writer.close()
+        await writer.wait_closed()

@@ -83,6 +83,27 @@ def loaders(images: Path) -> None:
     (images / "discovery" / "initrd.img").write_bytes(b"not an initrd")
 
 
+def router_advertisements(ns: Netns) -> None:
+    """Like a LAN with an IPv6 router: iPXE otherwise waits ~15 s for IPv6 autoconfiguration
+    before it asks for its boot script. dnsmasq sends RAs only here (no DNS, no DHCP)."""
+    require("dnsmasq")
+    ns.run(["ip", "addr", "add", "fd77::1/64", "dev", "eth0", "nodad"])
+    ns.popen(
+        [
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--interface=eth0",
+            "--bind-interfaces",
+            "--enable-ra",
+            "--dhcp-range=fd77::,ra-only",
+            "--pid-file=",
+            "--log-facility=-",
+        ]
+    )
+
+
 @pytest.fixture
 def ztpd(lan: Lan, tmp_path: Path) -> Iterator[Ztpd]:
     require("qemu-system-x86_64")
@@ -90,6 +111,7 @@ def ztpd(lan: Lan, tmp_path: Path) -> Iterator[Ztpd]:
     images.mkdir()
     loaders(images)
     server = lan.host("srv", f"{SERVER}/24")
+    router_advertisements(server)
     config = tmp_path / "ztpd.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -223,3 +245,7 @@ def test_uefi_vm_fetches_ipxe_efi_over_tftp_and_reaches_second_stage(
     print(f"uefi second stage after {time.monotonic() - started:.1f}s")
     assert "tftp sent" in ztpd.log() and "file=ipxe.efi" in ztpd.log()
     assert ztpd.macs(event["node_id"]) == ["52:54:00:77:00:02"]
+    fetched = [e for e in ztpd.boot_events() if e.get("asked") == "tftp ipxe.efi"]
+    # OVMF asks for the size first and aborts that transfer; then it fetches the file.
+    assert {e["node_id"] for e in fetched} == {event["node_id"]}
+    assert "sent" in {e["status"] for e in fetched}

@@ -14,6 +14,7 @@ from ztpd.identity import Identity
 from ztpd.lifecycle import Lifecycle, Trigger
 from ztpd.model import Node
 from ztpd.store import Nodes
+from ztpd.tftp import Transfer
 from ztpd.tokens import Tokens
 
 # Only these say what the machine is; i386 is iPXE's BIOS build on any x86 machine.
@@ -70,3 +71,19 @@ class StoreBootBackend:
 
     def record(self, node_id: int, detail: dict[str, Any]) -> None:
         self.store.add_event(node_id=node_id, kind="boot", cause="boot", detail=detail)
+
+    def record_tftp(self, transfer: Transfer) -> None:
+        """A TFTP transfer as a boot event on the node holding the client's address (from
+        DHCP); transfers from addresses no node holds are only logged. Given to TftpService as
+        its observer, so it runs in the TFTP thread."""
+        node = self.nodes.by_ip(transfer.client)
+        if node is None:
+            return
+        detail: dict[str, Any] = {
+            "asked": f"tftp {transfer.name}",
+            "status": transfer.outcome,
+            "bytes": transfer.size,
+        }
+        if transfer.detail:
+            detail["error"] = transfer.detail
+        self.record(node.id, detail)
