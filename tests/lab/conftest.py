@@ -1,0 +1,188 @@
+"""The lab as a test harness: a running ``ztpd lab`` with its own name, state and port, and helpers
+that read its store to wait for a VM's node to get somewhere (generous deadlines, TCG is slow).
+
+    def test_x(lab_run: LabRun) -> None:
+        up = lab_run.up(nodes=2, firmware="mixed")
+        lab_run.wait_state("vm1", {"deployed"}, timeout=600)
+
+Each run is named ``ztpd-lab-t<pid>`` (a user's own ``ztpd-lab`` is never touched) and is taken
+down at the end, even when the test fails; the teardown checks nothing of it is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon import REPO, free_port
+from tests.netns import require, wait_for
+from ztpd.identity import normalize_mac
+from ztpd.lab.net import namespaces
+from ztpd.model import Event, Node
+from ztpd.store import Events, Nodes, Store
+
+
+class LabRun:
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.name = f"ztpd-lab-t{os.getpid()}"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def argv(self, *args: str) -> list[str]:
+        common = ["--state", str(self.state), "--name", self.name, "--port", str(self.port)]
+        return [sys.executable, "-m", "ztpd", "lab", *common, *args]
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    def up(
+        self, nodes: int = 1, firmware: str = "bios", timeout: float = 600
+    ) -> subprocess.Popen[str]:
+        """``lab up`` in the background (it follows the nodes); stop it with ``stop_following``."""
+        proc = subprocess.Popen(
+            self.argv(
+                "up",
+                "--nodes",
+                str(nodes),
+                "--firmware",
+                firmware,
+                "--timeout",
+                str(timeout),
+                "--no-discovery-build",
+            ),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop_following(
+        self, proc: subprocess.Popen[str], sig: int = signal.SIGINT
+    ) -> tuple[int, str]:
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+        return proc.returncode, out
+
+    def recorded(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads((self.state / "lab.json").read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def page(self, path: str = "/") -> int:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as r:
+                return int(r.status)
+        except OSError:
+            return 0
+
+    def _store(self) -> Store | None:
+        db = self.state / "ztpd" / "ztpd.db"
+        return Store(db, read_only=True) if db.exists() else None
+
+    def macs(self, vm: str) -> set[str]:
+        spec = next(v for v in self.recorded().get("vms", []) if v["name"] == vm)
+        return {normalize_mac(m) for m in spec["macs"]}
+
+    def node(self, vm: str) -> Node | None:
+        store = self._store()
+        if store is None:
+            return None
+        try:
+            macs = self.macs(vm)
+            return next((n for n in Nodes(store).list() if macs & set(n.macs)), None)
+        finally:
+            store.close()
+
+    def events(self, vm: str) -> list[Event]:
+        node = self.node(vm)
+        store = self._store()
+        if node is None or store is None:
+            return []
+        try:
+            return Events(store).list(node_id=node.id, limit=10_000)
+        finally:
+            store.close()
+
+    def lease(self, vm: str) -> dict[str, Any] | None:
+        store = self._store()
+        if store is None:
+            return None
+        try:
+            rows = store.query("SELECT * FROM leases WHERE state = 'bound'")
+            return next((r for r in rows if normalize_mac(r["mac"]) in self.macs(vm)), None)
+        finally:
+            store.close()
+
+    def boot_record(self, vm: str) -> Event | None:
+        """The VM's request for its second-stage iPXE script, as recorded on its node."""
+        return next(
+            (e for e in self.events(vm) if e.kind == "boot" and e.detail.get("asked") == "/ipxe"),
+            None,
+        )
+
+    def wait_state(self, vm: str, states: set[str], timeout: float = 600) -> Node:
+        def reached() -> Node | None:
+            node = self.node(vm)
+            return node if node is not None and node.state in states else None
+
+        node: Node = wait_for(reached, f"{vm} to reach {sorted(states)}", timeout, step=1.0)
+        return node
+
+    def leftovers(self) -> list[str]:
+        """Anything of this lab still present: namespaces, live recorded processes, files."""
+        left = [f"namespace {n}" for n in namespaces(self.name) if n.startswith(self.name + "-")]
+        left += [f"file {p}" for p in self.state.glob("*")] if self.state.exists() else []
+        return left
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+        self.cli("down")
+
+
+def vm_pids(run: LabRun) -> dict[str, int]:
+    return {k: int(v["pid"]) for k, v in run.recorded().get("procs", {}).items()}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def lab_run(tmp_path: Path) -> Iterator[LabRun]:
+    require("qemu-system-x86_64", "qemu-img")
+    run = LabRun(tmp_path / "lab")
+    try:
+        yield run
+    finally:
+        pids = vm_pids(run)
+        run.close()
+        assert run.leftovers() == []
+        # Recorded pids may be reused by now only in theory; a short poll covers exit races.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(alive(p) for p in pids.values()):
+            time.sleep(0.1)
+        assert [k for k, p in pids.items() if alive(p)] == []
