@@ -9,7 +9,8 @@
     ├── Conflict                   a request the current state does not allow         (HTTP 409)
     │   └── IllegalTransition      the lifecycle table has no such transition
     ├── BadRequest                 malformed or invalid input from a client           (HTTP 400)
-    ├── Forbidden                  missing, wrong or expired credentials              (HTTP 403)
+    ├── Forbidden                  wrong, expired or insufficient credentials         (HTTP 403)
+    │   └── Unauthorized           no credentials, or ones that match nothing         (HTTP 401)
     ├── Unsupported                a driver cannot do what was asked                  (HTTP 501)
     └── RenderError                a template could not be rendered completely        (HTTP 500)
 
@@ -89,6 +90,11 @@ class BadRequest(ZtpdError):
 class Forbidden(ZtpdError):
     code = "forbidden"
     http_status = 403
+
+
+class Unauthorized(Forbidden):
+    code = "unauthorized"
+    http_status = 401
 
 
 class Unsupported(ZtpdError):

@@ -24,9 +24,9 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from ztpd.config import AuthConfig
-from ztpd.errors import BadRequest, NotFound, Unsupported
+from ztpd.errors import BadRequest, NotFound, Unauthorized, Unsupported
 from ztpd.http import queries, sse
-from ztpd.http.auth import Auth, Principal, Role, Unauthorized
+from ztpd.http.auth import Auth, Principal, Role
 from ztpd.http.openapi import document
 from ztpd.http.server import error_response
 from ztpd.identity import normalize_mac

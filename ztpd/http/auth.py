@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from ztpd.config import AuthConfig
-from ztpd.errors import Forbidden
+from ztpd.errors import Forbidden, Unauthorized
 
 log = logging.getLogger("ztpd.http.auth")
 
@@ -35,13 +35,6 @@ COOKIE = "ztpd_session"
 CSRF_HEADER = "X-CSRF-Token"
 MAX_SESSIONS = 1000
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-
-class Unauthorized(Forbidden):
-    """No credentials, or ones that match nothing (HTTP 401; Forbidden's 403 is a wrong role)."""
-
-    code = "unauthorized"
-    http_status = 401
 
 
 def _digest(value: str) -> bytes:

@@ -19,10 +19,10 @@ from urllib.parse import quote
 import jinja2
 from aiohttp import web
 
-from ztpd.errors import BadRequest, Forbidden, ZtpdError
+from ztpd.errors import BadRequest, Forbidden, Unauthorized, ZtpdError
 from ztpd.http import queries
 from ztpd.http.api import DEPS, ActionBody, Deps, act, summary
-from ztpd.http.auth import COOKIE, Principal, Unauthorized, check_origin
+from ztpd.http.auth import COOKIE, Principal, check_origin
 from ztpd.lifecycle import State
 from ztpd.store import Nodes
 
