@@ -231,11 +231,11 @@ def test_perfdhcp_relay_mode_completes_exchanges(full_lan: tuple[Lan, Ztpd]) -> 
             "-l",
             "10.9.0.3",
             "-r",
-            "50",
+            "20",
             "-n",
-            "60",
+            "40",
             "-R",
-            "60",
+            "40",
             "-D",
             "10%",
             "-W",
@@ -249,9 +249,9 @@ def test_perfdhcp_relay_mode_completes_exchanges(full_lan: tuple[Lan, Ztpd]) -> 
     assert sent is not None, r.stdout + r.stderr
     drops = [int(x) for x in re.findall(r"drops: (\d+)", r.stdout)]
     received = [int(x) for x in re.findall(r"received packets: (\d+)", r.stdout)]
-    assert received and min(received) >= 54, r.stdout  # DO and RA, ≤10% dropped
-    assert sum(drops) <= 12, r.stdout
-    assert len(lease_rows(z, "bound")) >= 54
+    assert received and min(received) >= 36, r.stdout  # DO and RA, ≤10% dropped
+    assert sum(drops) <= 8, r.stdout
+    assert len(lease_rows(z, "bound")) >= 36
 
 
 def test_kill_9_never_hands_an_address_to_two_clients(full_lan: tuple[Lan, Ztpd]) -> None:

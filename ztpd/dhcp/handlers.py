@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from ztpd.config import DhcpConfig, DhcpOption, DhcpSubnet
@@ -102,42 +102,40 @@ def sighting(req: Request, choice: BootChoice | None, ip: str | None = None) -> 
     return Sighting(req.mac, req.uuid, choice.node_arch if choice else None, ip, facts)
 
 
-def _base_reply(req: Request, mt: Msg, server: str) -> Reply:
-    return Reply(
-        message_type=mt,
-        xid=req.xid,
-        chaddr=req.chaddr,
-        htype=req.htype,
-        hlen=req.hlen,
-        flags=req.flags,
-        giaddr=req.giaddr,
-        server_id=server,
-        relay_agent=req.relay_agent,
-        max_size=min(req.max_size or 576, 1500),
-    )
+def _base(req: Request, mt: Msg, server: str) -> dict[str, Any]:
+    """The Reply fields every reply to ``req`` shares (built as keywords: one constructor call
+    per reply keeps the hot path cheap)."""
+    return {
+        "message_type": mt,
+        "xid": req.xid,
+        "chaddr": req.chaddr,
+        "htype": req.htype,
+        "hlen": req.hlen,
+        "flags": req.flags,
+        "giaddr": req.giaddr,
+        "server_id": server,
+        "relay_agent": req.relay_agent,
+        "max_size": min(req.max_size or 576, 1500),
+    }
 
 
-def _with_boot(
-    r: Reply,
-    choice: BootChoice | None,
-    req: Request,
-    *,
-    server: str,
-    targets: BootTargets,
-    proxy: bool,
-) -> Reply:
+def _boot(
+    choice: BootChoice | None, req: Request, *, server: str, targets: BootTargets, proxy: bool
+) -> dict[str, Any]:
+    """The boot fields of a reply: file, next server, vendor class, PXE and iPXE options."""
     if choice is None or choice.kind is None:
-        return r
+        return {}
     vendor_class = choice.vendor_class or (boot.PXE_CLIENT if proxy else None)
-    return replace(
-        r,
-        file=choice.file,
-        siaddr=(targets.tftp_server or server) if choice.tftp else r.siaddr,
-        vendor_class=vendor_class,
-        vendor_opts=boot.PXE_VENDOR_OPTS if proxy and vendor_class == boot.PXE_CLIENT else None,
-        client_uuid=req.client_uuid if proxy else None,
-        ipxe=boot.IPXE_SETTINGS if choice.kind == "ipxe" else None,
-    )
+    out: dict[str, Any] = {"file": choice.file, "vendor_class": vendor_class}
+    if choice.tftp:
+        out["siaddr"] = targets.tftp_server or server
+    if proxy and vendor_class == boot.PXE_CLIENT:
+        out["vendor_opts"] = boot.PXE_VENDOR_OPTS
+    if proxy:
+        out["client_uuid"] = req.client_uuid
+    if choice.kind == "ipxe":
+        out["ipxe"] = boot.IPXE_SETTINGS
+    return out
 
 
 def _log_unknown_arch(req: Request, choice: BootChoice | None) -> None:
@@ -172,10 +170,11 @@ class ProxyHandler:
             mt = Msg.OFFER
         else:
             return Ignore(f"{req.message_type.name} is for the address server", seen)
-        r = _base_reply(req, mt, server)
-        if mt == Msg.ACK:
-            r = replace(r, ciaddr=req.ciaddr)
-        r = _with_boot(r, choice, req, server=server, targets=self.targets, proxy=True)
+        r = Reply(
+            **_base(req, mt, server),
+            **_boot(choice, req, server=server, targets=self.targets, proxy=True),
+            ciaddr=req.ciaddr if mt == Msg.ACK else "0.0.0.0",
+        )
         return Outcome(r, sighting=seen, note=f"boot={choice.kind} file={choice.file}")
 
 
@@ -197,8 +196,17 @@ class FullHandler:
         self.config = config
         self.targets = targets
         self.book = book
-        self._extra = {
-            s.subnet: tuple((o.code, _option_bytes(o)) for o in s.options) for s in config.subnets
+        # Per subnet, the options every grant carries (computed once, not per packet).
+        self._network: dict[str, dict[str, Any]] = {
+            s.subnet: {
+                "subnet_mask": str(ipaddress.IPv4Network(s.subnet).netmask),
+                "routers": (s.router,) if s.router else (),
+                "dns": tuple(s.dns),
+                "domain": s.domain,
+                "ntp": tuple(s.ntp),
+                "extra": tuple((o.code, _option_bytes(o)) for o in s.options),
+            }
+            for s in config.subnets
         }
 
     def _plan(self, req: Request, at: Arrival) -> Plan | None:
@@ -220,37 +228,29 @@ class FullHandler:
     ) -> Reply:
         s = plan.conf
         server = at.interface.address
-        r = _base_reply(req, mt, server)
         lease_time = self._lease_time(s)
-        hostname = next((x.hostname for x in s.reservations if x.mac == req.mac), None)
-        r = replace(
-            r,
-            subnet_mask=str(plan.network.netmask),
-            routers=(s.router,) if s.router else (),
-            dns=tuple(s.dns),
-            domain=s.domain,
-            ntp=tuple(s.ntp),
-            hostname=hostname,
-            extra=self._extra[s.subnet],
+        lease: dict[str, Any] = {"ciaddr": req.ciaddr}  # INFORM: no lease (RFC 2131 §3.4)
+        if ip is not None:
+            lease = {
+                "yiaddr": ip,
+                "ciaddr": req.ciaddr if mt == Msg.ACK else "0.0.0.0",
+                "lease_time": lease_time,
+                "renewal_time": lease_time // 2,
+                "rebinding_time": lease_time * 7 // 8,
+            }
+        return Reply(
+            **_base(req, mt, server),
+            **_boot(choice, req, server=server, targets=self.targets, proxy=False),
+            **lease,
+            **self._network[s.subnet],
+            hostname=plan.hostnames.get(req.mac),
         )
-        if ip is None:  # INFORM: configuration only, no lease (RFC 2131 §3.4)
-            r = replace(r, ciaddr=req.ciaddr)
-        else:
-            r = replace(
-                r,
-                yiaddr=ip,
-                ciaddr=req.ciaddr if mt == Msg.ACK else "0.0.0.0",
-                lease_time=lease_time,
-                renewal_time=lease_time // 2,
-                rebinding_time=lease_time * 7 // 8,
-            )
-        return _with_boot(r, choice, req, server=server, targets=self.targets, proxy=False)
 
     def _nak(self, req: Request, at: Arrival, why: str) -> Outcome:
-        r = _base_reply(req, Msg.NAK, at.interface.address)
+        base = _base(req, Msg.NAK, at.interface.address)
         # RFC 2131 §4.3.2: a NAK through a relay asks it to broadcast.
-        r = replace(r, message=why, flags=r.flags | (BROADCAST_FLAG if req.relayed else 0))
-        return Outcome(r, note=f"nak reason={why!r}")
+        base["flags"] |= BROADCAST_FLAG if req.relayed else 0
+        return Outcome(Reply(**base, message=why), note=f"nak reason={why!r}")
 
     def handle(self, req: Request, at: Arrival, now: float) -> Result:
         if at.port != SERVER_PORT:

@@ -54,6 +54,7 @@ class Plan:
     pools: list[tuple[int, int]]
     reserved: dict[str, int]  # mac -> address
     reserved_ips: frozenset[int]
+    hostnames: dict[str, str]  # mac -> hostname, from reservations
     cursor: int = 0  # index into the flattened pools where the next free-address scan starts
 
     @classmethod
@@ -68,6 +69,7 @@ class Plan:
             [(ip2int(p.start), ip2int(p.end)) for p in conf.pools],
             reserved,
             frozenset(reserved.values()),
+            {r.mac: r.hostname for r in conf.reservations if r.hostname},
         )
 
     def contains(self, ip: int) -> bool:

@@ -1,0 +1,234 @@
+"""DHCP benchmark: perfdhcp (relay mode, DORA, unique MACs) against ztpd, Kea and dnsmasq.
+
+    sudo .venv/bin/python bench/dhcp_bench.py [--rates 250,500,1000,...] [--seconds 4]
+
+Everything runs in network namespaces this script creates and removes: a bridge, a server
+namespace (10.9.0.1/16) and a perfdhcp namespace (10.9.0.3/16) that plays a relay (giaddr set,
+unicast to port 67). Each server runs in turn, fresh, with durable leases: ztpd full mode
+(SQLite, synchronous=FULL, ACK after commit), Kea memfile with its lease file on, dnsmasq with
+its lease file. For each server the ramp goes up until two steps in a row drop ≥1%; it prints,
+per server, the highest rate with <1% drops and the p50 request→reply latency at that rate
+(and at 1000/s), and both as ratios to Kea.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.netns import Lan, Netns, require, wait_for  # noqa: E402
+
+SERVER, CLIENT = "10.9.0.1", "10.9.0.3"
+POOL = ("10.9.1.0", "10.9.255.254")  # 65,279 addresses: more than the whole ramp hands out
+MAX_DROP = 0.01
+
+
+@dataclass
+class Step:
+    rate: int
+    sent: int
+    acked: int
+    p50_ms: float | None
+
+    @property
+    def drop(self) -> float:
+        return 1 - self.acked / self.sent if self.sent else 1.0
+
+
+def start_ztpd(ns: Netns, state: Path) -> None:
+    cfg = state / "ztpd.yaml"
+    cfg.write_text(
+        json.dumps(
+            {
+                "state_dir": str(state),
+                "log": {"level": "warning"},
+                "dhcp": {
+                    "mode": "full",
+                    "interfaces": ["eth0"],
+                    "lease_time": 3600,
+                    "subnets": [
+                        {"subnet": "10.9.0.0/16", "pools": [{"start": POOL[0], "end": POOL[1]}]}
+                    ],
+                },
+            }
+        )
+    )
+    log = (state / "ztpd.log").open("w")
+    ns.popen(
+        [sys.executable, str(ROOT / "tests/dhcp/serve.py"), str(cfg)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    wait_for(lambda: "ready" in (state / "ztpd.log").read_text(), "ztpd to start")
+
+
+def start_kea(ns: Netns, state: Path) -> None:
+    cfg = state / "kea.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "Dhcp4": {
+                    "interfaces-config": {"interfaces": ["eth0"], "dhcp-socket-type": "udp"},
+                    "lease-database": {
+                        "type": "memfile",
+                        "persist": True,
+                        "name": str(state / "kea-leases4.csv"),
+                        "lfc-interval": 0,
+                    },
+                    "valid-lifetime": 3600,
+                    "subnet4": [
+                        {"id": 1, "subnet": "10.9.0.0/16", "pools": [{"pool": "-".join(POOL)}]}
+                    ],
+                    "loggers": [
+                        {
+                            "name": "kea-dhcp4",
+                            "severity": "WARN",
+                            "output_options": [{"output": str(state / "kea.log")}],
+                        }
+                    ],
+                }
+            }
+        )
+    )
+    env = ["env", f"KEA_PIDFILE_DIR={state}", f"KEA_LOCKFILE_DIR={state}"]
+    ns.popen([*env, "kea-dhcp4", "-c", str(cfg)])
+    wait_for(lambda: ":67 " in ns.run(["ss", "-uln"]).stdout, "kea on port 67")
+
+
+def start_dnsmasq(ns: Netns, state: Path) -> None:
+    # --no-ping: dnsmasq would otherwise ping each new address and wait before offering it.
+    ns.popen(
+        [
+            "dnsmasq",
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--no-ping",
+            f"--dhcp-range={POOL[0]},{POOL[1]},255.255.0.0,1h",
+            "--dhcp-authoritative",
+            "--dhcp-lease-max=100000",
+            f"--dhcp-leasefile={state / 'dnsmasq.leases'}",
+            "--quiet-dhcp",
+            f"--pid-file={state / 'dnsmasq.pid'}",
+        ]
+    )
+    wait_for(lambda: ":67 " in ns.run(["ss", "-uln"]).stdout, "dnsmasq on port 67")
+
+
+def perfdhcp(ns: Netns, rate: int, seconds: float, base: int) -> Step:
+    mac = ":".join(f"{b:02x}" for b in (0x02, 0x0C, base, 0, 0, 0))
+    r = ns.run(
+        [
+            "perfdhcp",
+            "-4",
+            "-g",
+            "single",
+            "-l",
+            CLIENT,
+            "-r",
+            str(rate),
+            "-p",
+            str(seconds),
+            "-R",
+            "16000000",
+            "-b",
+            f"mac={mac}",
+            "-W",
+            "1000000",
+            "-x",
+            "t",
+            SERVER,
+        ],
+        check=False,
+        timeout=seconds + 60,
+    )
+    sent = [int(x) for x in re.findall(r"^sent packets: (\d+)", r.stdout, re.M)]
+    got = [int(x) for x in re.findall(r"^received packets: (\d+)", r.stdout, re.M)]
+    delays = [
+        float(b) - float(a)
+        for a, b in re.findall(r"sent / received: ([\d.]+) / ([\d.]+)", r.stdout)
+    ]
+    if len(sent) < 2:
+        return Step(rate, 0, 0, None)
+    p50 = statistics.median(delays) * 1e3 if delays else None
+    return Step(rate, sent[0], got[1], p50)
+
+
+@contextmanager
+def server_lan(name: str) -> Iterator[tuple[Netns, Netns, Path]]:
+    with Lan(f"b{name[:3]}") as lan, tempfile.TemporaryDirectory() as tmp:
+        yield lan.host("srv", f"{SERVER}/16"), lan.host("cli", f"{CLIENT}/16"), Path(tmp)
+
+
+STARTERS = {"kea": start_kea, "ztpd": start_ztpd, "dnsmasq": start_dnsmasq}
+
+
+def ramp(name: str, rates: list[int], seconds: float) -> list[Step]:
+    steps: list[Step] = []
+    with server_lan(name) as (srv, cli, state):
+        STARTERS[name](srv, state)
+        failed = 0
+        for i, rate in enumerate(rates):
+            step = perfdhcp(cli, rate, seconds, base=i + 1)
+            steps.append(step)
+            p50 = "-" if step.p50_ms is None else f"{step.p50_ms:.3f}"
+            print(
+                f"  {name:8} rate={rate:5}/s sent={step.sent:6} acked={step.acked:6} "
+                f"drop={step.drop:6.2%} p50={p50} ms",
+                flush=True,
+            )
+            failed = failed + 1 if step.drop >= MAX_DROP else 0
+            if failed == 2:
+                break
+    return steps
+
+
+def best(steps: list[Step]) -> Step | None:
+    ok = [s for s in steps if s.drop < MAX_DROP]
+    return max(ok, key=lambda s: s.rate) if ok else None
+
+
+def main() -> None:
+    require("perfdhcp", "kea-dhcp4", "dnsmasq", "ss")
+    p = argparse.ArgumentParser()
+    p.add_argument("--rates", default="250,500,1000,1500,2000,3000,4000")
+    p.add_argument("--seconds", type=float, default=4)
+    p.add_argument("--servers", default="kea,ztpd,dnsmasq")
+    a = p.parse_args()
+    rates = [int(x) for x in a.rates.split(",")]
+    results = {}
+    started = time.time()
+    for name in a.servers.split(","):
+        results[name] = ramp(name, rates, a.seconds)
+    kea = best(results.get("kea", []))
+    print(f"\nresults ({time.time() - started:.0f}s; p50 = median request→reply, DO and RA)")
+    print(
+        f"{'server':8} {'max rate <1% drop':>18} {'p50 ms':>8} {'p50@1000':>9} "
+        f"{'rate/kea':>9} {'p50/kea':>8}"
+    )
+    for name, steps in results.items():
+        b = best(steps)
+        at1k = next((s for s in steps if s.rate == 1000), None)
+        rate = b.rate if b else 0
+        p50 = b.p50_ms if b and b.p50_ms is not None else float("nan")
+        p1k = at1k.p50_ms if at1k and at1k.p50_ms is not None else float("nan")
+        rr = rate / kea.rate if kea and kea.rate else float("nan")
+        pr = p50 / kea.p50_ms if kea and kea.p50_ms else float("nan")
+        print(f"{name:8} {rate:>16}/s {p50:8.3f} {p1k:9.3f} {rr:9.2f} {pr:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
