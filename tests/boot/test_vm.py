@@ -185,28 +185,47 @@ def reached_second_stage(z: Ztpd, platform: str) -> dict[str, Any] | None:
     return None
 
 
+def boots_to_second_stage(
+    lan: Lan,
+    z: Ztpd,
+    tmp_path: Path,
+    name: str,
+    *,
+    platform: str,
+    mac: str,
+    firmware: list[str],
+    nic: str,
+) -> dict[str, Any]:
+    """Start the VM; its second-stage boot event, once the discovery script was served to the
+    node that owns its MAC."""
+    started = time.monotonic()
+    proc = vm(lan, tmp_path, name, mac=mac, firmware=firmware, nic=nic)
+    event = wait_for(
+        lambda: reached_second_stage(z, platform) or proc.poll() is not None,
+        f"the {name} VM to fetch its second stage",
+        timeout=DEADLINE,
+        step=0.5,
+    )
+    assert isinstance(event, dict), (tmp_path / f"{name}.qemu").read_text(errors="replace")
+    print(f"{name} second stage after {time.monotonic() - started:.1f}s")
+    assert event["status"] == 200 and event["served"] == "discovery.ipxe.j2"
+    assert z.macs(event["node_id"]) == [mac]
+    return event
+
+
 def test_bios_vm_reaches_second_stage(lan: Lan, ztpd: Ztpd, tmp_path: Path) -> None:
     if not E1000_ROM.is_file():
         pytest.skip(f"needs QEMU's iPXE ROMs: {E1000_ROM} (apt-get install ipxe-qemu)")
-    started = time.monotonic()
-    proc = vm(
+    boots_to_second_stage(
         lan,
+        ztpd,
         tmp_path,
         "bios",
+        platform="pcbios",
         mac="52:54:00:77:00:01",
         firmware=["-boot", "n"],
         nic=f"e1000,romfile={E1000_ROM}",
     )
-    event = wait_for(
-        lambda: reached_second_stage(ztpd, "pcbios") or proc.poll() is not None,
-        "the BIOS VM to fetch its second stage",
-        timeout=DEADLINE,
-        step=0.5,
-    )
-    assert isinstance(event, dict), (tmp_path / "bios.qemu").read_text(errors="replace")
-    assert event["status"] == 200 and event["served"] == "discovery.ipxe.j2"
-    print(f"bios second stage after {time.monotonic() - started:.1f}s")
-    assert ztpd.macs(event["node_id"]) == ["52:54:00:77:00:01"]
 
 
 def test_uefi_vm_fetches_ipxe_efi_over_tftp_and_reaches_second_stage(
@@ -224,27 +243,18 @@ def test_uefi_vm_fetches_ipxe_efi_over_tftp_and_reaches_second_stage(
         "-drive",
         f"if=pflash,format=raw,file={variables}",
     ]
-    started = time.monotonic()
     # romfile= (empty): no iPXE option ROM, so OVMF's own PXE does the first step over TFTP.
-    proc = vm(
+    event = boots_to_second_stage(
         lan,
+        ztpd,
         tmp_path,
         "uefi",
+        platform="efi",
         mac="52:54:00:77:00:02",
         firmware=firmware,
         nic="virtio-net-pci,romfile=",
     )
-    event = wait_for(
-        lambda: reached_second_stage(ztpd, "efi") or proc.poll() is not None,
-        "the UEFI VM to fetch its second stage",
-        timeout=DEADLINE,
-        step=0.5,
-    )
-    assert isinstance(event, dict), (tmp_path / "uefi.qemu").read_text(errors="replace")
-    assert event["status"] == 200 and event["served"] == "discovery.ipxe.j2"
-    print(f"uefi second stage after {time.monotonic() - started:.1f}s")
     assert "tftp sent" in ztpd.log() and "file=ipxe.efi" in ztpd.log()
-    assert ztpd.macs(event["node_id"]) == ["52:54:00:77:00:02"]
     fetched = [e for e in ztpd.boot_events() if e.get("asked") == "tftp ipxe.efi"]
     # OVMF asks for the size first and aborts that transfer; then it fetches the file.
     assert {e["node_id"] for e in fetched} == {event["node_id"]}

@@ -18,13 +18,14 @@ import asyncio
 import logging
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import jinja2
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from ztpd.config import BootConfig
 from ztpd.errors import BadRequest, Problem, RenderError, SourceError
@@ -335,6 +336,30 @@ def _script_response(script: Script) -> web.Response:
     return web.Response(status=script.status, text=script.text, content_type=TEXT)
 
 
+class _ReportedFileResponse(web.FileResponse):
+    """aiohttp's FileResponse (HEAD, Range, ETag, sendfile), reporting what went out once sent.
+
+    aiohttp prepares the response itself after the handler returns (preparing it in the
+    handler would make FileResponse run twice), so the report hooks into ``prepare``.
+    """
+
+    def __init__(
+        self, path: Path, name: str, report: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> None:
+        super().__init__(path)
+        self._name = name
+        self._report = report
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        outcome: dict[str, Any] = {"status": "aborted"}
+        try:
+            writer = await super().prepare(request)
+            outcome = {"status": self.status, "served": self._name, "bytes": self.content_length}
+            return writer
+        finally:
+            await self._report(outcome)
+
+
 def add_boot_routes(app: web.Application, boot: Boot, images_dir: Path) -> None:
     async def first_stage(request: web.Request) -> web.Response:
         return _script_response(boot.first_stage())
@@ -367,16 +392,12 @@ def add_boot_routes(app: web.Application, boot: Boot, images_dir: Path) -> None:
                     boot.backend.record, node.id, {**asked, "status": status, "error": r.reason}
                 )
             return web.Response(status=status, text=f"{r.reason}\n", content_type=TEXT)
-        response = web.FileResponse(path)
-        outcome: dict[str, Any] = {"status": "aborted"}
-        try:
-            await response.prepare(request)
-            await response.write_eof()
-            outcome = {"status": response.status, "served": name, "bytes": response.content_length}
-        finally:
+
+        async def report(outcome: dict[str, Any]) -> None:
             if node is not None:
                 await asyncio.to_thread(boot.backend.record, node.id, {**asked, **outcome})
-        return response
+
+        return _ReportedFileResponse(path, name, report)
 
     app.router.add_get("/boot.ipxe", first_stage)
     app.router.add_get("/ipxe", second_stage)
