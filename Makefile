@@ -11,7 +11,7 @@ APT_PACKAGES := python3 python3-venv iproute2 curl ca-certificates \
 # Demo state stays in the checkout, never in /var/lib.
 DEMO_STATE := state/demo
 
-.PHONY: all deps apt venv lint typecheck unit test demo check clean images
+.PHONY: all deps apt venv lint typecheck unit test demo check clean bench-dhcp images
 
 all: test
 
@@ -62,6 +62,10 @@ check: venv
 demo: deps
 	@echo "ztpd demo: status page on http://127.0.0.1:8480/ once the lab is up; state in state/lab"
 	$(BIN)/ztpd lab up --nodes 3
+
+# perfdhcp against ztpd, Kea and dnsmasq in namespaces (root); results go in bench/RESULTS.md.
+bench-dhcp: deps
+	$(BIN)/python bench/dhcp_bench.py
 
 clean:
 	rm -rf $(VENV) state .mypy_cache .ruff_cache .pytest_cache

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ztpd import yamlsrc
 from ztpd.errors import ConfigError, Problem, SourceError
+from ztpd.dhcp.arch import KINDS
 from ztpd.identity import normalize_mac
 
 DEFAULT_PATH = Path("/etc/ztpd/ztpd.yaml")
@@ -222,6 +223,13 @@ class DhcpBootConfig(Section):
     script_url: str | None = None
     # UEFI HTTP boot clients get <http_boot_base>/<file>; <http.public_url>/ipxe when unset.
     http_boot_base: str | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _known_kinds(self) -> DhcpBootConfig:
+        unknown = sorted({*self.arch.values(), *self.files} - KINDS)
+        if unknown:
+            raise ValueError(f"unknown firmware kinds {unknown}; known: {sorted(KINDS)}")
+        return self
 
 
 class DhcpRateLimit(Section):
