@@ -107,8 +107,9 @@ def _finalize(value: object) -> object:
 
 
 class BootTemplates:
-    """Every ``*.j2`` in one directory, compiled at load; ``load()`` again replaces them all or,
-    on any error, none (the previous set keeps serving)."""
+    """Every iPXE script template (``*.ipxe.j2``, in any subdirectory) compiled at load; other
+    templates there (install configs) belong to their own renderers. ``load()`` again replaces
+    them all or, on any error, none (the previous set keeps serving)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -132,7 +133,7 @@ class BootTemplates:
         )
         compiled: dict[str, jinja2.Template] = {}
         problems: list[Problem] = []
-        for path in sorted(self.directory.rglob("*.j2")):
+        for path in sorted(self.directory.rglob("*.ipxe.j2")):
             name = path.relative_to(self.directory).as_posix()
             try:
                 compiled[name] = env.get_template(name)
