@@ -18,8 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from ztpd import yamlsrc
-from ztpd.errors import ConfigError, Problem, SourceError
 from ztpd.dhcp.arch import KINDS
+from ztpd.errors import ConfigError, Problem, SourceError
 from ztpd.identity import normalize_mac
 
 DEFAULT_PATH = Path("/etc/ztpd/ztpd.yaml")
