@@ -1,0 +1,76 @@
+"""The store-backed ``InstallBackend``: what the install endpoints need from nodes, tokens,
+profiles and the lifecycle. Built by ``app.py``; ``ztpd.http.install`` only sees the protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from ztpd.errors import NotFound
+from ztpd.http import queries
+from ztpd.inventory.schema import Inventory
+from ztpd.lifecycle import Lifecycle, Trigger
+from ztpd.model import Node
+from ztpd.profiles.model import Os
+from ztpd.tokens import Tokens
+
+PURPOSE = "install"
+
+
+class StoreInstallBackend:
+    def __init__(
+        self, lifecycle: Lifecycle, tokens: Tokens, profile_os: Callable[[str], Os | None]
+    ) -> None:
+        """``profile_os`` maps a profile name to its ``os`` section (None: no such profile or
+        the profile installs nothing)."""
+        self.lifecycle = lifecycle
+        self.nodes = lifecycle.nodes
+        self.store = lifecycle.store
+        self.tokens = tokens
+        self._profile_os = profile_os
+
+    def verify(self, token: str, node_id: int) -> None:
+        self.tokens.verify(token, PURPOSE, node_id=node_id)
+
+    def node(self, node_id: int) -> Node | None:
+        try:
+            return self.nodes.get(node_id)
+        except NotFound:
+            return None
+
+    def os_for(self, node: Node) -> Os | None:
+        return self._profile_os(node.profile) if node.profile else None
+
+    def inventory(self, node: Node) -> Inventory | None:
+        with contextlib.suppress(NotFound):
+            return Inventory.model_validate(queries.inventory(self.store, node.id)["data"])
+        return None
+
+    def event(self, node_id: int | None, cause: str, detail: dict[str, Any]) -> None:
+        self.store.add_event(node_id=node_id, kind="install", cause=cause, detail=detail)
+
+    def progress(self, node_id: int, progress: dict[str, Any], event: bool) -> None:
+        with self.store.transaction():
+            self.nodes.update_facts(node_id, {"install_progress": progress})
+            if event:
+                self.event(node_id, "progress", progress)
+
+    def fail(self, node_id: int, cause: str, reason: str, detail: dict[str, Any]) -> None:
+        self.lifecycle.fire(
+            node_id, Trigger.FAIL, cause=cause, reason=reason, detail=detail, expect="deploying"
+        )
+
+    def deployed(self, node_id: int, facts: dict[str, Any]) -> None:
+        """The installed system called back: record its facts, move on, retire the token."""
+        with self.store.transaction():
+            self.nodes.update_facts(node_id, facts)
+            self.lifecycle.fire(
+                node_id,
+                Trigger.DEPLOYED,
+                cause="firstboot",
+                detail={"ssh_host_keys": len(facts.get("ssh_host_keys", []))},
+                expect="deploying",
+            )
+            self.tokens.revoke(node_id, PURPOSE)
