@@ -11,7 +11,7 @@ APT_PACKAGES := python3 python3-venv iproute2 curl ca-certificates \
 # Demo state stays in the checkout, never in /var/lib.
 DEMO_STATE := state/demo
 
-.PHONY: all deps apt venv lint typecheck unit test demo check clean bench-dhcp images
+.PHONY: all deps apt venv lint typecheck unit test demo check clean bench-dhcp images discovery-image
 
 all: test
 
@@ -51,8 +51,12 @@ test: deps lint typecheck
 	$(BIN)/pytest -p no:cacheprovider tests
 
 # iPXE loaders from Debian's ipxe package into images/ (re-runs offline from images/cache/).
-images: venv
+images: venv discovery-image
 	$(BIN)/python -c 'from pathlib import Path; from ztpd.images import fetch; print(fetch(Path("images")).to_dict())'
+
+# The discovery kernel + initrd into images/discovery/ (re-runs offline from images/cache/discovery/).
+discovery-image: venv
+	$(BIN)/python -c 'from pathlib import Path; from ztpd.images import discovery; m = discovery.build(Path("images")).to_dict(); print(m["files"])'
 
 check: venv
 	$(BIN)/ztpd check

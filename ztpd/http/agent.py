@@ -2,7 +2,8 @@
 (``Authorization: Bearer <token>``, issued into the discovery boot script); the token alone says
 which node is speaking.
 
-    POST /agent/v1/inventory   the agent's raw bundle (application/gzip, a tar made by the agent;
+    POST /agent/v1/inventory   the agent's raw bundle (a tar.gz made by the agent, as
+                               application/gzip or base64 as application/x-ztpd-bundle+base64;
                                ztpd runs the collectors, ztpd/inventory/collect.py) or a finished
                                v1 inventory (application/json). Stored as the next version.
     POST /agent/v1/log         a chunk of the agent's console log (text/plain, X-Log-Offset)
@@ -19,6 +20,8 @@ are recorded at most once a second per node or address, so a flood cannot flood 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import logging
@@ -47,6 +50,8 @@ MAX_LOG_CHUNK = 256 << 10
 MAX_LOG_PER_BOOT = 8 << 20
 MIN_HEARTBEAT_GAP = 1.0  # seconds
 SILENT = "agent silent in inspecting"
+# busybox wget cannot post binary files, so the agent posts its bundle base64-encoded.
+BUNDLE_BASE64 = "application/x-ztpd-bundle+base64"
 ACTIONS = frozenset({"wait", "reboot", "poweroff"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -356,8 +361,15 @@ def _parse_inventory(content_type: str, body: bytes) -> Inventory:
             ) from None
     if content_type in ("application/gzip", "application/x-gzip", "application/x-tar"):
         return collect(Bundle.from_tar(body))
+    if content_type == BUNDLE_BASE64:
+        try:
+            raw = base64.b64decode(body, validate=False)
+        except binascii.Error as e:
+            raise BadRequest(f"bundle is not base64: {e}") from None
+        return collect(Bundle.from_tar(raw))
     raise web.HTTPUnsupportedMediaType(
-        text="inventory must be application/json (v1 inventory) or application/gzip (bundle)"
+        text="inventory must be application/json (v1 inventory) or application/gzip or "
+        f"{BUNDLE_BASE64} (agent bundle)"
     )
 
 

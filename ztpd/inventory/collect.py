@@ -242,14 +242,14 @@ def cpu(b: Bundle) -> Cpu | None:
     text = b.text("proc/cpuinfo")
     if text is None:
         return None
-    blocks = [
+    parsed = [
         dict(
             (k.strip(), v.strip())
             for k, _, v in (line.partition(":") for line in block.splitlines())
         )
         for block in text.split("\n\n")
-        if "processor" in block
     ]
+    blocks = [blk for blk in parsed if "processor" in blk]
     if not blocks:
         raise ValueError("/proc/cpuinfo lists no processor")
     first = blocks[0]

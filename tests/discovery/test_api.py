@@ -1,0 +1,187 @@
+"""The agent endpoints against bad input, through a real loopback server: every refusal is a
+clear 4xx and an event, nothing is stored for the wrong node, and the server keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.discovery.conftest import Site, new_node, serve
+from tests.discovery.test_collect import _tar, two_nic_server
+from ztpd.identity import Identity
+from ztpd.store import Events, Nodes
+
+MAC = "b4:96:91:aa:00:01"  # the hand-made server's boot NIC
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    async for s in serve(tmp_path, silence=30, mac=MAC):
+        yield s
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def inventories(site: Site, node_id: int) -> int:
+    row = site.store.query_one(
+        "SELECT COUNT(*) AS n FROM inventories WHERE node_id = ?", (node_id,)
+    )
+    return int(row["n"]) if row else 0
+
+
+def events(site: Site, kind: str) -> list[dict[str, Any]]:
+    return [e.to_dict() for e in Events(site.store).list(limit=10_000) if e.kind == kind]
+
+
+async def post(
+    http: aiohttp.ClientSession, url: str, data: bytes | io.BytesIO, token: str, ctype: str
+) -> tuple[int, dict[str, Any]]:
+    async with http.post(url, data=data, headers={**auth(token), "Content-Type": ctype}) as r:
+        return r.status, await r.json()
+
+
+async def test_bundle_inventory_moves_node_to_inspected_and_links_identity(site: Site) -> None:
+    bundle = _tar(two_nic_server())
+    async with aiohttp.ClientSession() as http:
+        status, body = await post(
+            http, f"{site.url}/agent/v1/inventory", bundle, site.token, "application/gzip"
+        )
+        assert (status, body["version"]) == (201, 1), body
+        # A re-inspection adds a version; the agent itself posts base64 (busybox wget).
+        status, body = await post(
+            http, f"{site.url}/agent/v1/inventory", base64.b64encode(bundle), site.token,
+            "application/x-ztpd-bundle+base64",
+        )  # fmt: skip
+        assert (status, body["version"]) == (201, 2)
+    node = Nodes(site.store).get(site.node_id)
+    assert node.state == "inspected"
+    assert set(node.macs) == {MAC, "b4:96:91:aa:00:02"}
+    assert (node.serial, node.uuid) == ("7XK2QK3", "4c4c4544-0058-4b10-8032-b7c04f514b33")
+
+
+async def test_wrong_missing_and_foreign_tokens(site: Site) -> None:
+    other_id, other_token = new_node(site.store, site.lifecycle, "52:54:00:00:99:99")
+    other_uuid = Identity.of([], "11111111-2222-4333-8444-555555555555")
+    Nodes(site.store).observe(other_uuid, cause="test", node_id=other_id)
+    bundle = _tar(two_nic_server())
+    url = f"{site.url}/agent/v1/inventory"
+    async with aiohttp.ClientSession() as http:
+        status, body = await post(http, url, bundle, "not-a-token", "application/gzip")
+        assert status == 403 and body["error"]["code"] == "forbidden"
+        async with http.post(url, data=bundle) as r:
+            assert r.status == 403
+        # The other node's valid token, with this machine's inventory: refused, nothing stored.
+        status, body = await post(http, url, bundle, other_token, "application/gzip")
+        assert status == 403 and "another node" in body["error"]["message"], body
+    assert inventories(site, other_id) == 0 and inventories(site, site.node_id) == 0
+    assert Nodes(site.store).get(other_id).state == "inspecting"
+    rejected = events(site, "agent-rejected")
+    assert any(e["node_id"] is None for e in rejected)
+    assert any(
+        e["node_id"] == other_id and "another node" in e["detail"]["message"] for e in rejected
+    )
+
+
+async def test_schema_invalid_and_malformed_documents(site: Site) -> None:
+    doc = {"schema_version": 1, "interfaces": [{"name": "eth0", "mac": "zz:zz"}]}
+    url = f"{site.url}/agent/v1/inventory"
+    async with aiohttp.ClientSession() as http:
+        status, body = await post(
+            http, url, json.dumps(doc).encode(), site.token, "application/json"
+        )
+        assert status == 400
+        assert body["error"]["detail"][0]["field"] == "interfaces.0.mac", body
+        assert "interfaces.0.mac" in body["error"]["message"]
+        status, body = await post(http, url, b"{not json", site.token, "application/json")
+        assert status == 400 and body["error"]["detail"][0]["field"] == "body"
+        status, body = await post(http, url, b"x", site.token, "text/plain")
+        assert status == 415
+        async with http.get(f"{site.url}/healthz") as r:
+            assert r.status == 200
+    node = Nodes(site.store).get(site.node_id)
+    assert node.state == "failed" and node.failed_from == "inspecting"
+    assert node.reason is not None and node.reason.startswith(
+        "inventory rejected: interfaces.0.mac"
+    )
+    assert inventories(site, site.node_id) == 0
+    assert (
+        events(site, "inventory-rejected")[0]["detail"]["problems"][0]["field"]
+        == "interfaces.0.mac"
+    )
+
+
+async def test_fifty_megabyte_body_is_refused_before_it_is_read(site: Site) -> None:
+    big = io.BytesIO(b"\0" * (50 << 20))
+    async with aiohttp.ClientSession() as http:
+        try:
+            status, body = await post(
+                http, f"{site.url}/agent/v1/inventory", big, site.token, "application/gzip"
+            )
+        except aiohttp.ClientError:  # the server may close while the client is still sending
+            status, body = 413, {}
+        assert status == 413, body
+        async with http.get(f"{site.url}/agent/v1/next", headers=auth(site.token)) as r:
+            assert r.status == 200 and (await r.json())["action"] == "wait"
+    assert inventories(site, site.node_id) == 0
+    assert any("over the limit" in e["detail"]["message"] for e in events(site, "agent-rejected"))
+
+
+async def test_heartbeat_flood_is_throttled_and_keeps_the_node_alive(site: Site) -> None:
+    url = f"{site.url}/agent/v1/heartbeat"
+    body = json.dumps({"boot": "b1", "stage": "collecting"}).encode()
+    async with aiohttp.ClientSession() as http:
+
+        async def beat() -> int:
+            async with http.post(url, data=body, headers=auth(site.token)) as r:
+                return r.status
+
+        statuses = await asyncio.gather(*(beat() for _ in range(300)))
+        async with http.get(f"{site.url}/healthz") as r:
+            assert r.status == 200
+        async with http.post(url, data=b"[1]", headers=auth(site.token)) as r:
+            assert r.status in (400, 429)
+    assert statuses.count(200) == 1 and statuses.count(429) == 299
+    flood = [e for e in events(site, "agent-rejected") if e["detail"]["from"] == "heartbeat-flood"]
+    assert 1 <= len(flood) <= 3  # noted, not once per request
+    node = Nodes(site.store).get(site.node_id)
+    # The heartbeat moved the deadline to the silence limit, with its own reason.
+    row = site.store.query_one("SELECT deadline_reason FROM nodes WHERE id = ?", (node.id,))
+    assert row is not None and row["deadline_reason"] == "agent silent in inspecting"
+    assert node.deadline is not None and node.deadline <= site.store.clock() + 30
+
+
+async def test_log_chunks_are_stored_once_in_order(site: Site) -> None:
+    url = f"{site.url}/agent/v1/log"
+    chunks = [(0, "one\n"), (4, "two\n"), (4, "two\n"), (0, "one\ntwo\nthree\n"), (20, "four\n")]
+    async with aiohttp.ClientSession() as http:
+        for offset, text in chunks:
+            headers = {**auth(site.token), "X-Log-Offset": str(offset), "X-Agent-Boot": "b1"}
+            async with http.post(url, data=text.encode(), headers=headers) as r:
+                assert r.status == 200
+        async with http.get(f"{site.url}/api/v1/nodes/{site.node_id}/agent-log") as r:
+            log = await r.json()
+        headers = {**auth(site.token), "X-Log-Offset": "x"}
+        async with http.post(url, data=b"x", headers=headers) as r:
+            assert r.status == 400
+    assert log["text"] == "one\ntwo\nthree\n[ztpd: 6 bytes of log lost]\nfour\n"
+    assert log["boots"] == ["b1"] and log["agent"]["boot"] == "b1"
+
+
+async def test_next_action_delivers_an_order_once(site: Site) -> None:
+    site.service.order(site.node_id, "reboot")
+    async with aiohttp.ClientSession() as http:
+        got = []
+        for _ in range(2):
+            async with http.get(f"{site.url}/agent/v1/next", headers=auth(site.token)) as r:
+                got.append((await r.json())["action"])
+    assert got == ["reboot", "wait"]

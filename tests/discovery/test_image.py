@@ -1,0 +1,90 @@
+"""The discovery image build: what goes in, that it runs, and that it is reproducible."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ztpd.errors import ZtpdError
+from ztpd.images import discovery, sha256
+
+
+def test_elf_needs_of_a_real_binary() -> None:
+    interp, needed = discovery.elf_needs(Path("/bin/ls").read_bytes())
+    assert interp == "/lib64/ld-linux-x86-64.so.2" and "libc.so.6" in needed
+    assert discovery.elf_needs(b"#!/bin/sh\n") == (None, [])
+
+
+def test_select_modules_follows_dependencies_and_names_unknown_ones() -> None:
+    deps = discovery.parse_modules_dep(
+        "kernel/a/virtio_net.ko: kernel/b/virtio.ko kernel/c/net_failover.ko\n"
+        "kernel/c/net_failover.ko: kernel/d/failover.ko\n"
+        "kernel/d/failover.ko:\nkernel/b/virtio.ko:\n"
+    )
+    assert discovery.select_modules(deps, ["virtio_net"]) == [
+        "kernel/a/virtio_net.ko", "kernel/b/virtio.ko",
+        "kernel/c/net_failover.ko", "kernel/d/failover.ko",
+    ]  # fmt: skip
+    with pytest.raises(ZtpdError, match="no such kernel modules: nope"):
+        discovery.select_modules(deps, ["nope"])
+
+
+def test_cpio_is_sorted_and_timeless(tmp_path: Path) -> None:
+    for root in (tmp_path / "a", tmp_path / "b"):
+        (root / "bin").mkdir(parents=True)
+        (root / "bin/z").write_text("z")
+        (root / "init").write_text("#!/bin/sh\n")
+        (root / "bin/sh").symlink_to("/bin/busybox")
+    os.utime(tmp_path / "b/init", (1, 1))
+    assert discovery.cpio(tmp_path / "a") == discovery.cpio(tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_image_manifest_size_and_tools_run(image: Path) -> None:
+    manifest = json.loads((image / discovery.MANIFEST).read_text())
+    for name in (discovery.KERNEL, discovery.INITRD):
+        assert sha256(image / name) == manifest["files"][name]["sha256"]
+    assert manifest["files"][discovery.INITRD]["size"] < 60 << 20
+    assert {"virtio_net", "e1000e", "ixgbe", "mlx5_core", "nvme", "ahci", "megaraid_sas"} <= set(
+        manifest["modules"]["included"]
+    )
+    assert manifest["packages"]["busybox-static"]["version"]
+    if os.geteuid() != 0 or shutil.which("chroot") is None:
+        pytest.skip("needs root and chroot to run the ramdisk's tools")
+    root = image.parent / "root"
+    root.mkdir(exist_ok=True)
+    subprocess.run(
+        ["cpio", "-id", "--quiet"] if shutil.which("cpio") else ["busybox", "cpio", "-id"],
+        input=gzip.decompress((image / discovery.INITRD).read_bytes()),
+        cwd=root,
+        check=True,
+        capture_output=True,
+    )
+    tools = [
+        ["/usr/sbin/dmidecode", "--version"],
+        ["/usr/bin/ipmitool", "-V"],
+        ["/usr/bin/tcpdump", "--version"],
+        ["/bin/sh", "-n", "/bin/ztpd-agent"],
+    ]
+    for argv in tools:
+        done = subprocess.run(["chroot", str(root), *argv], capture_output=True, timeout=30)
+        assert done.returncode == 0, (argv, done.stderr)
+    assert (root / "lib/modules" / manifest["kernel"]["version"] / "modules.alias").is_file()
+
+
+@pytest.mark.slow
+def test_rebuild_from_the_cache_is_byte_identical(image: Path, tmp_path: Path) -> None:
+    cache = (image.parent / "cache" / discovery.SUBDIR).resolve()
+    debs = sorted(cache.glob("*.deb"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / discovery.SUBDIR).symlink_to(cache)
+    again = discovery.build(tmp_path).to_dict()
+    first = json.loads((image / discovery.MANIFEST).read_text())
+    assert again["files"] == first["files"]
+    assert sorted(cache.glob("*.deb")) == debs  # nothing downloaded: the re-run works offline
