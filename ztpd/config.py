@@ -301,6 +301,21 @@ class BootConfig(Section):
     wait_seconds: Annotated[int, Field(ge=5, le=3600)] = 60
 
 
+class InstallConfig(Section):
+    """What the distribution installers are told (autoinstall, preseed, kickstart)."""
+
+    # Package mirror per distribution, as installers reach it. Upstream until the cache issue
+    # lands; then ztpd's own cache URL.
+    mirrors: dict[str, str] = {
+        "debian": "http://deb.debian.org/debian",
+        "ubuntu": "http://archive.ubuntu.com/ubuntu",
+        "rocky": "http://dl.rockylinux.org/pub/rocky",
+        "almalinux": "http://repo.almalinux.org/almalinux",
+    }
+    # An HTTP proxy the installers use for packages, e.g. http://10.0.0.1:3142.
+    proxy: str | None = None
+
+
 class Config(Section):
     state_dir: Path = Path("/var/lib/ztpd")
     profiles_dir: Path = Path("/etc/ztpd/profiles")
@@ -313,6 +328,7 @@ class Config(Section):
     tftp: TftpConfig = TftpConfig()
     dhcp: DhcpConfig = DhcpConfig()
     boot: BootConfig = BootConfig()
+    install: InstallConfig = InstallConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
     # Where this config came from, for messages; not a key in the file.
     source: str = Field(default=EMBEDDED, exclude=True)

@@ -51,6 +51,7 @@ ROOT_LABEL = "ztpd-root"
 ESP_LABEL = "ZTPD-ESP"
 KERNEL_ARGS = "ro console=tty0 console=ttyS0,115200n8"
 BUILD_TIMEOUT = 1800
+CHROOT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 GRUB_PC = Path("/usr/lib/grub/i386-pc")  # grub-pc-bin: BIOS modules and grub-bios-setup
 # GPT partition type GUIDs (sfdisk accepts them verbatim).
 BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
@@ -223,6 +224,56 @@ def _unmount_below(path: Path) -> None:
     targets = [m.split()[1] for m in mounts if len(m.split()) > 1]
     for target in sorted((t for t in targets if t.startswith(resolved + "/")), reverse=True):
         subprocess.run(["umount", "-l", target], check=False, capture_output=True)
+
+
+def _chroot(root: Path, *argv: str) -> None:
+    _run(
+        ["chroot", str(root), *argv],
+        timeout=BUILD_TIMEOUT,
+        env={"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8", "PATH": CHROOT_PATH},
+    )
+
+
+def _install(root: Path, recipe: Recipe, mirror: str, cache: Path) -> None:
+    """A minbase tree from debootstrap, then the recipe's packages with apt inside it: apt
+    orders the configuration of a large set (cloud-init's Python stack) where debootstrap's
+    --include does not."""
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        _run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--components=main",
+                f"--cache-dir={cache.resolve()}",
+                recipe.suite,
+                str(root),
+                mirror,
+            ],
+            timeout=BUILD_TIMEOUT,
+            env={"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"},
+        )
+    except ZtpdError as e:
+        log_file = root / "debootstrap/debootstrap.log"
+        tail = log_file.read_text(errors="replace")[-1500:] if log_file.is_file() else ""
+        raise ZtpdError(f"{e.message}\n{tail}") from None
+    _unmount_below(root)
+    # No daemon starts inside the build; name resolution as on this machine.
+    policy = root / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    resolv = root / "etc/resolv.conf"
+    resolv.unlink(missing_ok=True)
+    shutil.copyfile("/etc/resolv.conf", resolv)
+    _run(["mount", "-t", "proc", "proc", str(root / "proc")])
+    try:
+        _chroot(root, "apt-get", "update", "-q")
+        _chroot(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", *recipe.packages)
+        _chroot(root, "apt-get", "clean")
+    finally:
+        _unmount_below(root)
+        policy.unlink(missing_ok=True)
+        resolv.unlink(missing_ok=True)
 
 
 def _configure(root: Path, root_uuid: str) -> None:
@@ -440,20 +491,7 @@ def build(
     root_uuid = str(uuid.uuid4())
     log.info("os image build name=%s suite=%s mirror=%s", name, recipe.suite, mirror)
     try:
-        _run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                "--components=main",
-                f"--include={','.join(recipe.packages)}",
-                recipe.suite,
-                str(root),
-                mirror,
-            ],
-            timeout=BUILD_TIMEOUT,
-            env={"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"},
-        )
-        _unmount_below(root)
+        _install(root, recipe, mirror, images_dir / OS_DIR / "cache")
         _configure(root, root_uuid)
         _trim(root, recipe)
         rootfs = work / "root.ext4"
