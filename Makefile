@@ -7,11 +7,12 @@ BIN := $(VENV)/bin
 APT_PACKAGES := python3 python3-venv iproute2 curl ca-certificates \
 	dnsmasq-base kea-dhcp4-server kea-admin udhcpc isc-dhcp-client tcpdump \
 	tftp-hpa atftp ipxe ovmf qemu-system-x86 busybox-static systemd chromium \
-	qemu-utils ipxe-qemu
+	qemu-utils ipxe-qemu \
+	debootstrap grub-pc-bin grub-efi-amd64-bin fdisk dosfstools mtools zstd debconf
 # Demo state stays in the checkout, never in /var/lib.
 DEMO_STATE := state/demo
 
-.PHONY: all deps apt venv lint typecheck unit test demo check clean bench-dhcp images discovery-image
+.PHONY: all deps apt venv lint typecheck unit test demo check clean bench-dhcp images discovery-image os-image
 
 all: test
 
@@ -57,6 +58,10 @@ images: venv discovery-image
 # The discovery kernel + initrd into images/discovery/ (re-runs offline from images/cache/discovery/).
 discovery-image: venv
 	$(BIN)/python -c 'from pathlib import Path; from ztpd.images import discovery; m = discovery.build(Path("images")).to_dict(); print(m["files"])'
+
+# A small bootable Debian 12 disk image into images/os/debian-12/ (root; minutes; cached).
+os-image: venv
+	$(BIN)/python -c 'from pathlib import Path; from ztpd.images import osimage; print(osimage.build(Path("images"), "debian-12").to_dict())'
 
 check: venv
 	$(BIN)/ztpd check
