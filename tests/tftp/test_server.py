@@ -231,7 +231,7 @@ async def test_refusals_get_a_tftp_error(
     _, port, recorder = tftp
     reply, _ = await asyncio.to_thread(exchange, port, packet)
     assert error_code(reply) == code
-    assert any(t.outcome == "refused" for t in recorder.transfers)
+    await eventually(lambda: any(t.outcome == "refused" for t in recorder.transfers))
     assert not (tmp_path / "images" / "upload.bin").exists()
 
 
