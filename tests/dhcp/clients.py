@@ -182,7 +182,7 @@ def main() -> None:
     pr.add_argument("iface")
     pr.add_argument("--pxe", type=int)
     pr.add_argument("--user-class", default="")
-    pr.add_argument("--wait", type=float, default=3.0)
+    pr.add_argument("--wait", type=float, default=6.0)  # dnsmasq pings before it offers
     px = sub.add_parser("pxe4011")
     px.add_argument("server")
     px.add_argument("iface")
