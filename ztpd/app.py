@@ -9,22 +9,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager as AsyncCM
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ztpd.config import Config
-from ztpd.errors import ConfigError
-from ztpd.http.api import add_api_routes, make_deps
+from ztpd.dhcp.arch import ArchTable
+from ztpd.dhcp.boot import boot_targets
+from ztpd.dhcp.service import DhcpService
+from ztpd.dhcp.sqlite_backend import SqliteBackend
+from ztpd.errors import ConfigError, NotFound, SourceError
+from ztpd.http.agent import AgentService, add_agent_routes
+from ztpd.http.api import add_api_routes, guarded, make_deps
+from ztpd.http.boot import Boot, BootTemplates, add_boot_routes
+from ztpd.http.boot_store import StoreBootBackend
 from ztpd.http.profiles_view import CatalogView
 from ztpd.http.server import HttpService, make_app
+from ztpd.images import missing as images_missing
 from ztpd.lifecycle import IN_PROGRESS, DeadlineWatcher, Lifecycle, Transition
 from ztpd.matcher import Matcher, MatchWorker
 from ztpd.metrics import Metrics
 from ztpd.profiles import ProfileCatalog
+from ztpd.profiles import check as profiles_check
 from ztpd.store import Store
+from ztpd.tftp import TftpService
+from ztpd.tokens import Tokens
 from ztpd.web import add_web_routes
 
 log = logging.getLogger("ztpd.app")
@@ -47,8 +59,53 @@ def open_store(config: Config) -> Store:
     return Store(config.db_path)
 
 
+def dhcp_series(counters: Mapping[str, int]) -> list[tuple[dict[str, str], float]]:
+    """DhcpService's counters ("reply.offer", "drop.bad_packet", "received" ...) as
+    ``ztpd_dhcp_packets_total{type, outcome}`` series."""
+    out: list[tuple[dict[str, str], float]] = []
+    for key, value in counters.items():
+        kind, _, detail = key.partition(".")
+        if kind == "reply":
+            out.append(({"type": detail, "outcome": "sent"}, value))
+        else:
+            out.append(({"type": "any", "outcome": key.replace(".", "_")}, value))
+    return out
+
+
 def make_lifecycle(config: Config, store: Store) -> Lifecycle:
     return Lifecycle(store, config.lifecycle.timeouts.model_dump())
+
+
+@dataclass
+class CheckReport:
+    """What `ztpd check` found: ``ok`` lines, ``problems`` (exit 1) and ``warnings``."""
+
+    ok: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def check(config: Config) -> CheckReport:
+    """Everything ``ztpd serve`` would load from disk, checked without serving anything."""
+    report = CheckReport(ok=[f"config {config.source}"])
+    found = [str(p) for p in profiles_check(config.profiles_dir)]
+    report.problems += found
+    if not found:
+        report.ok.append(f"profiles {config.profiles_dir}")
+    try:
+        BootTemplates(config.templates_dir).load()
+        report.ok.append(f"boot templates {config.templates_dir}")
+    except SourceError as e:
+        report.problems += [str(p) for p in e.problems]
+    table = ArchTable.with_overrides(config.dhcp.boot.arch, config.dhcp.boot.files)
+    wanted = [*table.files.values(), config.boot.discovery_kernel, config.boot.discovery_initrd]
+    # A missing boot file is a warning: ztpd serves everything else (and `make images` or
+    # `ztpd images fetch` provides the files); a node that needs it gets a 404 and an event.
+    missing = images_missing(config.images_dir, wanted)
+    report.warnings += missing
+    if not missing:
+        report.ok.append(f"boot files {config.images_dir}")
+    return report
 
 
 class Appliance:
@@ -79,12 +136,42 @@ class Appliance:
         )
         add_api_routes(self.http_app, self.api)  # /api/v1, /metrics, the live event hub
         add_web_routes(self.http_app, self.api)  # the status page
+        self.agent = AgentService(store, self.lifecycle, silence=config.lifecycle.agent_silence)
+        add_agent_routes(
+            self.http_app, self.agent, lambda h: guarded("viewer", lambda req, _who: h(req))
+        )
+        self.boot_templates = BootTemplates(config.templates_dir)
+        self.boot_backend = StoreBootBackend(self.lifecycle, Tokens(store), self.install_method)
+        boot = Boot(config.boot, config.http.base_url, self.boot_templates, self.boot_backend)
+        add_boot_routes(self.http_app, boot, config.images_dir)  # /boot.ipxe, /ipxe, /files
         self.http = HttpService(config.http, self.http_app)
+        self.tftp = (
+            TftpService(config.tftp, config.images_dir, observer=self.boot_backend.record_tftp)
+            if config.tftp.enabled
+            else None
+        )
+        self.dhcp = DhcpService(config.dhcp, SqliteBackend(store), boot_targets(config))
+        self.metrics.registry.on_collect(
+            lambda: self.metrics.dhcp_packets.mirror(dhcp_series(self.dhcp.counters))
+        )
         # Called on SIGHUP (and by the profile watcher): each reloads what it owns.
-        self.reloaders: list[Callable[[], None]] = [self.match_worker.reload]
+        self.reloaders: list[Callable[[], None]] = [
+            self.match_worker.reload,
+            self.boot_templates.load,
+        ]
+
+    def install_method(self, profile: str) -> str | None:
+        """The ``os.method`` of a profile in the serving set (None: no such profile or no OS)."""
+        try:
+            spec = self.catalog.current.get(profile).spec
+        except NotFound:
+            return None
+        return spec.os.method if spec.os is not None else None
 
     def services(self) -> list[AsyncCM[Any]]:
-        return [self.watcher, self.match_worker, self.http]
+        # HTTP first: DHCP must not point clients at boot servers that are not answering yet.
+        optional = [self.tftp] if self.tftp is not None else []
+        return [self.watcher, self.match_worker, self.http, *optional, self.dhcp]
 
     def reload(self) -> None:
         log.info("reload requested")

@@ -15,9 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ztpd import __version__, config, log, profiles
-from ztpd.app import Appliance, make_lifecycle, open_store
+from ztpd import __version__, config, images, log, profiles
+from ztpd.app import Appliance, check, make_lifecycle, open_store
 from ztpd.errors import ConfigError, StoreError, ZtpdError
+from ztpd.images import discovery
 from ztpd.lab import Lab, Settings
 from ztpd.lab import forward as lab_forward
 from ztpd.lifecycle import Trigger
@@ -155,16 +156,29 @@ def cmd_serve(ctx: Ctx, args: argparse.Namespace) -> int:
 
 def cmd_check(ctx: Ctx, args: argparse.Namespace) -> int:
     # Reaching here means the config itself validated (main() loaded it).
-    cfg = ctx.config
-    ctx.out.write(f"ok: config {cfg.source}\n")
-    problems = [str(p) for p in profiles.check(cfg.profiles_dir)]
-    if not problems:
-        ctx.out.write(f"ok: profiles {cfg.profiles_dir}\n")
-    for line in problems:
+    report = check(ctx.config)
+    for line in report.ok:
+        ctx.out.write(f"ok: {line}\n")
+    for line in report.warnings:
+        ctx.out.write(f"warning: {line}\n")
+    for line in report.problems:
         ctx.err.write(f"{line}\n")
-    if problems:
-        ctx.err.write(f"ztpd check: {len(problems)} problem(s)\n")
+    if report.problems:
+        ctx.err.write(f"ztpd check: {len(report.problems)} problem(s)\n")
         return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_images(ctx: Ctx, args: argparse.Namespace) -> int:
+    if args.images_cmd == "build":
+        built = discovery.build(ctx.config.images_dir, refresh=args.refresh).to_dict()
+    else:
+        built = images.fetch(ctx.config.images_dir, refresh=args.refresh).to_dict()
+    if args.json:
+        _json(built, ctx.out)
+    else:
+        for name in sorted(built.get("files", {})):
+            ctx.out.write(f"{name}\n")
     return EXIT_OK
 
 
@@ -337,6 +351,19 @@ def build_parser() -> argparse.ArgumentParser:
         "Lists every problem as file:line:column; exit 1 if any.",
     )
     s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser(
+        "images",
+        parents=[common],
+        help="fetch the boot loaders, build the discovery image",
+        description="fetch: take the iPXE loaders (undionly.kpxe, ipxe.efi, snponly.efi) from "
+        "Debian's ipxe package (apt-get download + dpkg -x), record their sha256 in "
+        "images_dir/manifest.json. build: assemble the discovery kernel and initrd from Debian "
+        "packages (images_dir/discovery/). Both re-run offline from their cached packages.",
+    )
+    s.add_argument("images_cmd", choices=["fetch", "build"], metavar="fetch|build")
+    s.add_argument("--refresh", action="store_true", help="download the package again")
+    s.set_defaults(func=cmd_images)
 
     s = sub.add_parser(
         "match",

@@ -29,3 +29,5 @@ def setup(level: str) -> None:
     root.setLevel(level.upper())
     # aiohttp's access log duplicates ztpd's own boot/request events.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # tftpy logs several lines per transfer in its own format; ztpd records transfers itself.
+    logging.getLogger("tftpy").setLevel(logging.WARNING)

@@ -120,6 +120,12 @@ class Counter(_Scalar):
             raise ValueError(f"counter {self.name} cannot go down")
         self._add(amount, labels)
 
+    def mirror(self, values: Iterable[tuple[Mapping[str, str], float]]) -> None:
+        """Take every series from a service's own monotonic counters (read at scrape time)."""
+        fresh = {self._key(labels): v for labels, v in values}
+        with self._lock:
+            self._values = fresh
+
 
 class Gauge(_Scalar):
     kind = "gauge"
