@@ -63,16 +63,24 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _run(argv: list[str], cwd: Path | None = None) -> str:
+def run(
+    argv: list[str],
+    *,
+    what: str = "images",
+    cwd: Path | None = None,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+) -> str:
+    """Run a build tool; its failure becomes a ZtpdError naming ``what`` and the tool's stderr."""
     try:
         done = subprocess.run(
-            argv, cwd=cwd, capture_output=True, text=True, check=False, timeout=600
+            argv, cwd=cwd, capture_output=True, text=True, check=False, timeout=timeout, env=env
         )
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise ZtpdError(f"images: {argv[0]} failed: {e}") from None
+        raise ZtpdError(f"{what}: {argv[0]} failed: {e}") from None
     if done.returncode != 0:
         raise ZtpdError(
-            f"images: {' '.join(argv)} exited {done.returncode}: {done.stderr.strip()[-500:]}"
+            f"{what}: {' '.join(argv)} exited {done.returncode}: {done.stderr.strip()[-500:]}"
         )
     return done.stdout
 
@@ -90,16 +98,16 @@ def fetch(images_dir: Path, *, refresh: bool = False) -> Manifest:
     deb = None if refresh else cached_deb(cache)
     if deb is None:
         log.info("images download package=%s cache=%s", PACKAGE, cache)
-        _run(["apt-get", "download", PACKAGE], cwd=cache)
+        run(["apt-get", "download", PACKAGE], cwd=cache)
         deb = cached_deb(cache)
         if deb is None:
             raise ZtpdError(f"images: apt-get download {PACKAGE} left no .deb in {cache}")
     else:
         log.info("images reuse deb=%s", deb)
-    version = _run(["dpkg-deb", "--field", str(deb), "Version"]).strip()
+    version = run(["dpkg-deb", "--field", str(deb), "Version"]).strip()
     files: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="ztpd-ipxe-") as tmp:
-        _run(["dpkg", "-x", str(deb), tmp])
+        run(["dpkg", "-x", str(deb), tmp])
         for name, inside in LOADERS.items():
             src = Path(tmp) / inside
             if not src.is_file() or src.is_symlink():

@@ -26,7 +26,6 @@ import re
 import shutil
 import stat
 import struct
-import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ztpd.errors import ZtpdError
-from ztpd.images import sha256
+from ztpd.images import run, sha256
 
 log = logging.getLogger("ztpd.images.discovery")
 
@@ -98,18 +97,7 @@ class Deb:
 
 
 def _run(argv: list[str], cwd: Path | None = None) -> str:
-    try:
-        done = subprocess.run(
-            argv, cwd=cwd, capture_output=True, text=True, check=False, timeout=900
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise ZtpdError(f"discovery image: {argv[0]} failed: {e}") from None
-    if done.returncode != 0:
-        raise ZtpdError(
-            f"discovery image: {' '.join(argv)} exited {done.returncode}: "
-            f"{done.stderr.strip()[-500:]}"
-        )
-    return done.stdout
+    return run(argv, what="discovery image", cwd=cwd, timeout=900)
 
 
 def _cached(cache: Path, package: str) -> Path | None:
