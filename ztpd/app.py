@@ -36,6 +36,7 @@ from ztpd.profiles import ProfileCatalog
 from ztpd.profiles import check as profiles_check
 from ztpd.store import Store
 from ztpd.tftp import TftpService
+from ztpd.tftp.server import Transfer
 from ztpd.tokens import Tokens
 from ztpd.web import add_web_routes
 
@@ -136,17 +137,24 @@ class Appliance:
         )
         add_api_routes(self.http_app, self.api)  # /api/v1, /metrics, the live event hub
         add_web_routes(self.http_app, self.api)  # the status page
-        self.agent = AgentService(store, self.lifecycle, silence=config.lifecycle.agent_silence)
+        self.agent = AgentService(
+            store,
+            self.lifecycle,
+            silence=config.lifecycle.agent_silence,
+            on_heartbeat=self.metrics.heartbeats.inc,
+        )
         add_agent_routes(
             self.http_app, self.agent, lambda h: guarded("viewer", lambda req, _who: h(req))
         )
         self.boot_templates = BootTemplates(config.templates_dir)
-        self.boot_backend = StoreBootBackend(self.lifecycle, Tokens(store), self.install_method)
+        self.boot_backend = StoreBootBackend(
+            self.lifecycle, Tokens(store), self.install_method, on_record=self.count_boot
+        )
         boot = Boot(config.boot, config.http.base_url, self.boot_templates, self.boot_backend)
         add_boot_routes(self.http_app, boot, config.images_dir)  # /boot.ipxe, /ipxe, /files
         self.http = HttpService(config.http, self.http_app)
         self.tftp = (
-            TftpService(config.tftp, config.images_dir, observer=self.boot_backend.record_tftp)
+            TftpService(config.tftp, config.images_dir, observer=self.tftp_done)
             if config.tftp.enabled
             else None
         )
@@ -159,6 +167,18 @@ class Appliance:
             self.match_worker.reload,
             self.boot_templates.load,
         ]
+
+    def count_boot(self, detail: dict[str, Any]) -> None:
+        """A served second-stage script is one boot, labelled with iPXE's platform/arch."""
+        if detail.get("asked") == "/ipxe" and detail.get("status") == 200:
+            arch = f"{detail.get('platform') or 'unknown'}-{detail.get('buildarch') or 'unknown'}"
+            self.metrics.boots.inc(arch=arch)
+
+    def tftp_done(self, transfer: Transfer) -> None:
+        """TFTP thread: count the transfer, then record it on its node."""
+        self.metrics.tftp_requests.inc(outcome=transfer.outcome)
+        self.metrics.tftp_bytes.inc(transfer.size)
+        self.boot_backend.record_tftp(transfer)
 
     def install_method(self, profile: str) -> str | None:
         """The ``os.method`` of a profile in the serving set (None: no such profile or no OS)."""

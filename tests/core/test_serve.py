@@ -102,3 +102,64 @@ def test_ztpd_check_on_the_shipped_tree(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ok: config" in r.stdout
+
+
+def _metric(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_boots_tftp_and_heartbeats_are_counted_on_metrics(tmp_path: Path) -> None:
+    """The sources feed /metrics: a served boot script, a TFTP transfer by a real client,
+    and an agent heartbeat, all through one real ztpd."""
+    import shutil
+    import urllib.request as rq
+
+    from tests.daemon import free_port
+    from ztpd.tokens import Tokens
+
+    tftp = shutil.which("tftp")
+    if tftp is None:
+        import pytest
+
+        pytest.skip("needs tftp (Debian package tftp-hpa)")
+    state = tmp_path / "state"
+    (state / "images").mkdir(parents=True)
+    (state / "images" / "undionly.kpxe").write_bytes(b"\x55" * 3000)
+    port = free_port()
+    cfg = write_config(
+        tmp_path / "ztpd.yaml",
+        state,
+        tftp={"enabled": True, "listen": ["127.0.0.1"], "port": port},
+    )
+    with Daemon(cfg) as d:
+        with rq.urlopen(d.url + "/ipxe?mac=52:54:00:00:00:42&platform=pcbios&buildarch=i386") as r:
+            assert r.status == 200
+        got = tmp_path / "got.kpxe"
+        subprocess.run(
+            [tftp, "127.0.0.1", str(port), "-m", "binary", "-c", "get", "undionly.kpxe", str(got)],
+            check=True,
+            timeout=60,
+            capture_output=True,
+        )
+        assert got.read_bytes() == b"\x55" * 3000
+        store = Store(state / "ztpd.db")
+        node = Nodes(store).find("52:54:00:00:00:42")
+        token = Tokens(store).issue(node.id, "agent", 600)
+        store.close()
+        beat = rq.Request(
+            d.url + "/agent/v1/heartbeat",
+            data=json.dumps({"boot": "b1", "stage": "collecting"}).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        with rq.urlopen(beat) as r:
+            assert r.status == 200
+        with rq.urlopen(d.url + "/metrics") as r:
+            text = r.read().decode()
+    assert _metric(text, 'ztpd_boots_total{arch="pcbios-i386"}') == 1
+    assert _metric(text, 'ztpd_tftp_requests_total{outcome="sent"}') == 1
+    assert _metric(text, "ztpd_tftp_sent_bytes_total") == 3000
+    assert _metric(text, "ztpd_agent_heartbeats_total") == 1
+    assert token not in d.stderr

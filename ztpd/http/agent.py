@@ -88,7 +88,13 @@ class AgentService:
     """What the endpoints do, synchronously (they call it in a worker thread)."""
 
     def __init__(
-        self, store: Store, lifecycle: Lifecycle, *, silence: float, heartbeat: float = 10.0
+        self,
+        store: Store,
+        lifecycle: Lifecycle,
+        *,
+        silence: float,
+        heartbeat: float = 10.0,
+        on_heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.lifecycle = lifecycle
@@ -96,6 +102,7 @@ class AgentService:
         self.tokens = Tokens(store)
         self.silence = silence
         self.heartbeat_interval = heartbeat
+        self._on_heartbeat = on_heartbeat
         self._beats = _Limiter(MIN_HEARTBEAT_GAP, {})
         self._noted = _Limiter(1.0, {})
 
@@ -160,6 +167,8 @@ class AgentService:
         if not self._beats.allow(str(node_id)):
             raise TooMany
         self.seen(node_id, address, boot=boot, stage=stage)
+        if self._on_heartbeat is not None:
+            self._on_heartbeat()
 
     def accept_inventory(self, node_id: int, inventory: Inventory) -> dict[str, Any]:
         """Link the machine's identity to the node, store the next version and move the node

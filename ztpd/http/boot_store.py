@@ -23,15 +23,20 @@ ARCHES = frozenset({"x86_64", "arm64"})
 
 class StoreBootBackend:
     def __init__(
-        self, lifecycle: Lifecycle, tokens: Tokens, install_method: Callable[[str], str | None]
+        self,
+        lifecycle: Lifecycle,
+        tokens: Tokens,
+        install_method: Callable[[str], str | None],
+        on_record: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         """``install_method`` maps a profile name to its ``os.method`` (None: no os section or
-        no such profile)."""
+        no such profile); ``on_record`` sees every boot record once it is stored (metrics)."""
         self.lifecycle = lifecycle
         self.nodes: Nodes = lifecycle.nodes
         self.store = lifecycle.store
         self.tokens = tokens
         self._install_method = install_method
+        self._on_record = on_record
 
     def identify(self, ident: Identity, facts: dict[str, Any]) -> Node:
         with self.store.transaction():
@@ -71,6 +76,8 @@ class StoreBootBackend:
 
     def record(self, node_id: int, detail: dict[str, Any]) -> None:
         self.store.add_event(node_id=node_id, kind="boot", cause="boot", detail=detail)
+        if self._on_record is not None:
+            self._on_record(detail)
 
     def record_tftp(self, transfer: Transfer) -> None:
         """A TFTP transfer as a boot event on the node holding the client's address (from
