@@ -68,8 +68,11 @@ class Nodes:
         ref = ref.strip()
         node = None
         if ref.isdigit():  # an id first; digits can also be a serial
-            node = self._load(self.store.query_one(
-                "SELECT * FROM nodes WHERE id = ? AND merged_into IS NULL", (int(ref),)))
+            node = self._load(
+                self.store.query_one(
+                    "SELECT * FROM nodes WHERE id = ? AND merged_into IS NULL", (int(ref),)
+                )
+            )
         if node is None:
             with contextlib.suppress(ValueError):
                 node = self.by_mac(ref)
