@@ -3,10 +3,13 @@ renderer over the real boot-templates/."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
+from ztpd.images import osimage
 from ztpd.install.render import Mirrors, Renderer
 from ztpd.inventory.schema import Inventory
 from ztpd.profiles import load_profiles
@@ -15,6 +18,7 @@ from ztpd.profiles.model import Os
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "boot-templates"
 INVENTORIES = ROOT / "tests" / "fixtures" / "inventories"
+IMAGES = ROOT / "images"
 MIRRORS = Mirrors(
     {
         "debian": "http://deb.debian.org/debian",
@@ -49,3 +53,21 @@ def example_os(profile: str, method: str) -> Os:
 @pytest.fixture(scope="session")
 def renderer() -> Renderer:
     return Renderer(TEMPLATES, MIRRORS)
+
+
+@pytest.fixture(scope="session")
+def image() -> osimage.OsImage:
+    """The real image, built once (minutes) or reused; CI always has what it needs."""
+    missing = [
+        t
+        for t in ("debootstrap", "mkfs.vfat", "mcopy", "grub-mkstandalone", "sfdisk")
+        if shutil.which(t) is None
+    ]
+    if os.geteuid() != 0 or missing:
+        have = osimage.cached(IMAGES, "debian-12")
+        if have is not None:
+            return have
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must build the OS image: root={os.geteuid() == 0} missing={missing}")
+        pytest.skip(f"needs root and {', '.join(missing) or 'nothing else'}: run `make os-image`")
+    return osimage.build(IMAGES, "debian-12")

@@ -302,3 +302,17 @@ async def test_other_paths_and_methods_under_install_never_log_the_token(
         async with env.http.request(method, env.url + path) as r:
             assert r.status in (403, 404, 405), path
     assert secret not in caplog.text
+
+
+def test_catalog_os_follows_the_serving_profiles() -> None:
+    from ztpd.install.backend import catalog_os
+    from ztpd.profiles import ProfileCatalog
+
+    from .conftest import ROOT
+
+    catalog = ProfileCatalog(ROOT / "profiles")
+    catalog.reload()
+    os_of = catalog_os(catalog)
+    k3s = os_of("k3s-server")
+    assert k3s is not None and k3s.method == "image"
+    assert os_of("hold-unknown") is None and os_of("no-such-profile") is None

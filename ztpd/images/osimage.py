@@ -8,11 +8,16 @@
 
 The root filesystem comes from ``debootstrap`` (a minimal bookworm with the stock kernel,
 openssh-server and cloud-init) against the Debian mirror apt on this machine already uses; it is
-packed with ``mkfs.ext4 -d`` and the ESP with mtools, so nothing is mounted and no loop device
-is needed. GRUB boots both firmwares: a standalone ``BOOTX64.EFI`` on the ESP (UEFI) and
-``grub-bios-setup`` into the BIOS boot partition (BIOS); both read ``/boot/grub/grub.cfg`` on
-the root filesystem, which boots the ``/vmlinuz`` and ``/initrd.img`` links Debian keeps current,
-so a kernel upgrade inside the installed system takes effect.
+packed with ``mkfs.ext4 -d`` and the ESP with mtools: no loop device, and nothing mounted but
+/proc inside the tree while apt runs. UEFI firmware boots a standalone GRUB
+(``EFI/BOOT/BOOTX64.EFI`` on the ESP) that reads ``/boot/grub/grub.cfg`` on the root filesystem,
+which boots the ``/vmlinuz`` and ``/initrd.img`` links Debian keeps current, so a kernel upgrade
+on the node takes effect.
+
+BIOS boot is not done yet: ``grub-bios-setup`` will not write to a disk image file (it insists
+on resolving the host's root device), and installing it needs a loop device and mounts. The
+1 MiB BIOS boot partition is reserved so ``grub-install`` on the node (or a later build step)
+can add it without repartitioning.
 
 The installed system learns who it is from a cloud-init NoCloud seed (the agent writes
 ``/var/lib/cloud/seed/nocloud/{user-data,meta-data}``, rendered by ``ztpd.install`` for method
@@ -52,7 +57,6 @@ ESP_LABEL = "ZTPD-ESP"
 KERNEL_ARGS = "ro console=tty0 console=ttyS0,115200n8"
 BUILD_TIMEOUT = 1800
 CHROOT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-GRUB_PC = Path("/usr/lib/grub/i386-pc")  # grub-pc-bin: BIOS modules and grub-bios-setup
 # GPT partition type GUIDs (sfdisk accepts them verbatim).
 BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
@@ -75,7 +79,7 @@ class Recipe:
         "var/cache/apt/archives",
         "var/lib/apt/lists",
     )
-    version: int = 1  # bump when the build steps change what ends up in the image
+    version: int = 2  # bump when the build steps change what ends up in the image
 
     def fingerprint(self, mirror: str) -> str:
         text = json.dumps({**asdict(self), "mirror": mirror}, sort_keys=True)
@@ -299,7 +303,7 @@ def _configure(root: Path, root_uuid: str) -> None:
     cloud = root / "etc/cloud/cloud.cfg.d"
     cloud.mkdir(parents=True, exist_ok=True)
     # Only the seed ztpd's agent writes (or a CIDATA volume); never probe cloud metadata services.
-    (cloud / "90-ztpd.cfg").write_text("datasource_list: [NoCloud, None]\n")
+    (cloud / "90-ztpd.cfg").write_text("datasource_list: [NoCloud, None]\nlocale: C.UTF-8\n")
     # Every node gets its own SSH host keys and machine id on first boot.
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
@@ -331,7 +335,8 @@ def _trim(root: Path, recipe: Recipe) -> None:
 
 
 def _tree_bytes(root: Path) -> int:
-    return int(_run(["du", "-sb", "--apparent-size", str(root)]).split()[0])
+    """Bytes the tree takes in 4 KiB blocks (as on ext4), not the sum of file sizes."""
+    return int(_run(["du", "-s", "--block-size=1", str(root)]).split()[0])
 
 
 def _esp(work: Path, root_uuid: str) -> Path:
@@ -365,45 +370,6 @@ def _esp(work: Path, root_uuid: str) -> Path:
     _run(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], env=env)
     _run(["mcopy", "-i", str(esp), str(efi), "::/EFI/BOOT/BOOTX64.EFI"], env=env)
     return esp
-
-
-def _bios(disk: Path, work: Path, root_uuid: str) -> None:
-    """GRUB for BIOS firmware: core image in the BIOS boot partition (the modules it loads were
-    copied into the root filesystem's /boot/grub/i386-pc before packing)."""
-    early = work / "bios-early.cfg"
-    early.write_text(
-        f"search --no-floppy --fs-uuid {root_uuid} --set=root\nset prefix=($root)/boot/grub\n"
-    )
-    core_dir = work / "i386-pc"
-    shutil.copytree(GRUB_PC, core_dir, dirs_exist_ok=True)
-    _run(
-        [
-            "grub-mkimage",
-            "-O",
-            "i386-pc",
-            "-o",
-            str(core_dir / "core.img"),
-            "-c",
-            str(early),
-            "-p",
-            "/boot/grub",
-            "biosdisk",
-            "part_gpt",
-            "ext2",
-            "search_fs_uuid",
-        ]
-    )
-    devmap = work / "device.map"
-    devmap.write_text(f"(hd0) {disk}\n")
-    _run(
-        [
-            str(GRUB_PC / "grub-bios-setup"),
-            "--skip-fs-probe",
-            f"--directory={core_dir}",
-            f"--device-map={devmap}",
-            str(disk),
-        ]
-    )
 
 
 def _disk(work: Path, name: str, esp: Path, rootfs: Path) -> Path:
@@ -495,23 +461,32 @@ def build(
         _configure(root, root_uuid)
         _trim(root, recipe)
         rootfs = work / "root.ext4"
-        # Room for the tree, ext4's own metadata and a little headroom; growpart+resize2fs
-        # take the rest of the node's disk on first boot.
+        # The tree, ext4's inode tables and journal, a little headroom: the image stays small
+        # and cloud-init's growpart + resize2fs take the rest of the node's disk on first boot.
         used = _tree_bytes(root)
         with rootfs.open("wb") as f:
-            f.truncate(((used * 13 // 10) // MIB + 160) * MIB)
+            f.truncate(((used + used // 8) // MIB + 64) * MIB)
         esp = _esp(work, root_uuid)
-        # The BIOS core image loads its modules from the root filesystem.
-        shutil.copytree(GRUB_PC, root / "boot/grub/i386-pc", dirs_exist_ok=True)
         _run(
             [
-                *("mkfs.ext4", "-q", "-F", "-L", ROOT_LABEL, "-U", root_uuid, "-m", "1"),
+                *(
+                    "mkfs.ext4",
+                    "-q",
+                    "-F",
+                    "-L",
+                    ROOT_LABEL,
+                    "-U",
+                    root_uuid,
+                    "-m",
+                    "1",
+                    "-J",
+                    "size=16",
+                ),
                 *("-E", "root_owner=0:0", "-d", str(root), str(rootfs)),
             ],
             timeout=BUILD_TIMEOUT,
         )
         disk = _disk(work, name, esp, rootfs)
-        _bios(disk, work, root_uuid)
         _run(["zstd", "-q", "-f", "-T0", "-6", str(disk), "-o", f"{disk}.zst"], timeout=900)
         out.mkdir(parents=True, exist_ok=True)
         files = []

@@ -13,10 +13,23 @@ from ztpd.http import queries
 from ztpd.inventory.schema import Inventory
 from ztpd.lifecycle import Lifecycle, Trigger
 from ztpd.model import Node
+from ztpd.profiles import ProfileCatalog
 from ztpd.profiles.model import Os
 from ztpd.tokens import Tokens
 
 PURPOSE = "install"
+
+
+def catalog_os(catalog: ProfileCatalog) -> Callable[[str], Os | None]:
+    """``profile_os`` over the serving profiles: a reload is seen by the next request."""
+
+    def os_of(name: str) -> Os | None:
+        try:
+            return catalog.current.get(name).spec.os
+        except NotFound:
+            return None
+
+    return os_of
 
 
 class StoreInstallBackend:
