@@ -26,9 +26,12 @@ from ztpd.http.agent import AgentService, add_agent_routes
 from ztpd.http.api import add_api_routes, guarded, make_deps
 from ztpd.http.boot import Boot, BootTemplates, add_boot_routes
 from ztpd.http.boot_store import StoreBootBackend
+from ztpd.http.install import Install, add_install_routes
 from ztpd.http.profiles_view import CatalogView
 from ztpd.http.server import HttpService, make_app
 from ztpd.images import missing as images_missing
+from ztpd.install.backend import StoreInstallBackend, catalog_os
+from ztpd.install.render import Mirrors, Renderer
 from ztpd.lifecycle import IN_PROGRESS, DeadlineWatcher, Lifecycle, Transition
 from ztpd.matcher import Matcher, MatchWorker
 from ztpd.metrics import Metrics
@@ -152,6 +155,15 @@ class Appliance:
         )
         boot = Boot(config.boot, config.http.base_url, self.boot_templates, self.boot_backend)
         add_boot_routes(self.http_app, boot, config.images_dir)  # /boot.ipxe, /ipxe, /files
+        self.install_renderer = Renderer(
+            config.templates_dir, Mirrors(config.install.mirrors, config.install.proxy)
+        )
+        install_backend = StoreInstallBackend(
+            self.lifecycle, Tokens(store), catalog_os(self.catalog)
+        )
+        add_install_routes(
+            self.http_app, Install(config.http.base_url, self.install_renderer, install_backend)
+        )  # /install/<node>/<token>/<file> and the installer callbacks
         self.http = HttpService(config.http, self.http_app)
         self.tftp = (
             TftpService(config.tftp, config.images_dir, observer=self.tftp_done)
@@ -166,6 +178,7 @@ class Appliance:
         self.reloaders: list[Callable[[], None]] = [
             self.match_worker.reload,
             self.boot_templates.load,
+            self.install_renderer.load,
         ]
 
     def count_boot(self, detail: dict[str, Any]) -> None:
