@@ -9,8 +9,6 @@ APT_PACKAGES := python3 python3-venv iproute2 curl ca-certificates \
 	tftp-hpa atftp ipxe ovmf qemu-system-x86 busybox-static systemd chromium \
 	qemu-utils ipxe-qemu \
 	debootstrap grub-efi-amd64-bin fdisk dosfstools mtools zstd debconf
-# Demo state stays in the checkout, never in /var/lib.
-DEMO_STATE := state/demo
 
 .PHONY: all deps apt venv lint typecheck unit test demo check clean bench-dhcp images discovery-image os-image
 
