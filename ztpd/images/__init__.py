@@ -71,17 +71,26 @@ def run(
     timeout: float = 600,
     env: dict[str, str] | None = None,
 ) -> str:
-    """Run a build tool; its failure becomes a ZtpdError naming ``what`` and the tool's stderr."""
+    """Run a build tool (``env`` adds to the environment); its failure becomes a ZtpdError
+    naming ``what``, the command and the end of what the tool said."""
+    log.debug("%s run argv=%s", what, " ".join(argv))
     try:
         done = subprocess.run(
-            argv, cwd=cwd, capture_output=True, text=True, check=False, timeout=timeout, env=env
+            argv,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+            env={**os.environ, **env} if env else None,
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise ZtpdError(f"{what}: {argv[0]} failed: {e}") from None
     if done.returncode != 0:
-        raise ZtpdError(
-            f"{what}: {' '.join(argv)} exited {done.returncode}: {done.stderr.strip()[-500:]}"
-        )
+        # Long command lines (debootstrap's package lists) are cut to their first words.
+        shown = " ".join(argv) if len(argv) <= 6 else " ".join(argv[:3]) + " ..."
+        tail = (done.stderr.strip() or done.stdout.strip())[-800:]
+        raise ZtpdError(f"{what}: {shown} exited {done.returncode}: {tail}")
     return done.stdout
 
 

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ztpd.errors import NotFound, ZtpdError
-from ztpd.images import sha256
+from ztpd.images import run, sha256
 
 log = logging.getLogger("ztpd.images.osimage")
 
@@ -202,25 +202,6 @@ def apt_mirror(suite: str, apt_dir: Path = Path("/etc/apt")) -> str:
 # --- building -------------------------------------------------------------------------------
 
 
-def _run(argv: list[str], *, timeout: float = 600, env: dict[str, str] | None = None) -> str:
-    log.debug("images run argv=%s", " ".join(argv))
-    try:
-        done = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=timeout,
-            env={**os.environ, **(env or {})},
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise ZtpdError(f"images: {argv[0]} failed: {e}") from None
-    if done.returncode != 0:
-        tail = (done.stderr.strip() or done.stdout.strip())[-800:]
-        raise ZtpdError(f"images: {' '.join(argv[:3])} ... exited {done.returncode}: {tail}")
-    return done.stdout
-
-
 def _unmount_below(path: Path) -> None:
     """debootstrap mounts /proc and /sys inside the target; a killed build may leave them."""
     resolved = str(path.resolve())
@@ -231,7 +212,7 @@ def _unmount_below(path: Path) -> None:
 
 
 def _chroot(root: Path, *argv: str) -> None:
-    _run(
+    run(
         ["chroot", str(root), *argv],
         timeout=BUILD_TIMEOUT,
         env={"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8", "PATH": CHROOT_PATH},
@@ -244,7 +225,7 @@ def _install(root: Path, recipe: Recipe, mirror: str, cache: Path) -> None:
     --include does not."""
     cache.mkdir(parents=True, exist_ok=True)
     try:
-        _run(
+        run(
             [
                 "debootstrap",
                 "--variant=minbase",
@@ -269,7 +250,7 @@ def _install(root: Path, recipe: Recipe, mirror: str, cache: Path) -> None:
     resolv = root / "etc/resolv.conf"
     resolv.unlink(missing_ok=True)
     shutil.copyfile("/etc/resolv.conf", resolv)
-    _run(["mount", "-t", "proc", "proc", str(root / "proc")])
+    run(["mount", "-t", "proc", "proc", str(root / "proc")])
     try:
         _chroot(root, "apt-get", "update", "-q")
         _chroot(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", *recipe.packages)
@@ -336,7 +317,7 @@ def _trim(root: Path, recipe: Recipe) -> None:
 
 def _tree_bytes(root: Path) -> int:
     """Bytes the tree takes in 4 KiB blocks (as on ext4), not the sum of file sizes."""
-    return int(_run(["du", "-s", "--block-size=1", str(root)]).split()[0])
+    return int(run(["du", "-s", "--block-size=1", str(root)]).split()[0])
 
 
 def _esp(work: Path, root_uuid: str) -> Path:
@@ -348,7 +329,7 @@ def _esp(work: Path, root_uuid: str) -> Path:
         "configfile ($root)/boot/grub/grub.cfg\n"
     )
     efi = work / "BOOTX64.EFI"
-    _run(
+    run(
         [
             "grub-mkstandalone",
             "-O",
@@ -365,10 +346,10 @@ def _esp(work: Path, root_uuid: str) -> Path:
     )
     esp = work / "esp.img"
     esp.unlink(missing_ok=True)
-    _run(["mkfs.vfat", "-C", "-F", "32", "-n", ESP_LABEL, str(esp), str(ESP_MIB * 1024)])
+    run(["mkfs.vfat", "-C", "-F", "32", "-n", ESP_LABEL, str(esp), str(ESP_MIB * 1024)])
     env = {"MTOOLS_SKIP_CHECK": "1"}
-    _run(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], env=env)
-    _run(["mcopy", "-i", str(esp), str(efi), "::/EFI/BOOT/BOOTX64.EFI"], env=env)
+    run(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], env=env)
+    run(["mcopy", "-i", str(esp), str(efi), "::/EFI/BOOT/BOOTX64.EFI"], env=env)
     return esp
 
 
@@ -400,7 +381,7 @@ def _disk(work: Path, name: str, esp: Path, rootfs: Path) -> Path:
     if done.returncode != 0:
         raise ZtpdError(f"images: sfdisk failed: {done.stderr.strip()[-500:]}")
     for part, start in ((esp, esp_start), (rootfs, root_start)):
-        _run(
+        run(
             [
                 "dd",
                 f"if={part}",
@@ -467,7 +448,7 @@ def build(
         with rootfs.open("wb") as f:
             f.truncate(((used + used // 8) // MIB + 64) * MIB)
         esp = _esp(work, root_uuid)
-        _run(
+        run(
             [
                 *(
                     "mkfs.ext4",
@@ -487,7 +468,7 @@ def build(
             timeout=BUILD_TIMEOUT,
         )
         disk = _disk(work, name, esp, rootfs)
-        _run(["zstd", "-q", "-f", "-T0", "-6", str(disk), "-o", f"{disk}.zst"], timeout=900)
+        run(["zstd", "-q", "-f", "-T0", "-6", str(disk), "-o", f"{disk}.zst"], timeout=900)
         out.mkdir(parents=True, exist_ok=True)
         files = []
         for path in (disk, Path(f"{disk}.zst")):
