@@ -15,11 +15,10 @@ from types import TracebackType
 from typing import Any
 
 from ztpd.errors import IllegalTransition, RenderError
-from ztpd.inventory import Inventory
 from ztpd.lifecycle import Lifecycle, State, Transition, Trigger
 from ztpd.model import Node
 from ztpd.profiles import MatchResult, NodeFacts, ProfileCatalog, build_facts
-from ztpd.store import Store
+from ztpd.store import Inventories, Store
 
 log = logging.getLogger("ztpd.matcher")
 
@@ -60,12 +59,7 @@ class Matcher:
         self.catalog = catalog
 
     def facts(self, node: Node) -> dict[str, Any]:
-        row = self.store.query_one(
-            "SELECT data FROM inventories WHERE node_id = ? ORDER BY version DESC LIMIT 1",
-            (node.id,),
-        )
-        inventory = Inventory.model_validate_json(row["data"]) if row else None
-        return build_facts(inventory, node_facts(node))
+        return build_facts(Inventories(self.store).latest(node.id), node_facts(node))
 
     def explain(self, node: Node) -> MatchResult:
         """What matching would decide for ``node`` now (nothing is recorded)."""
@@ -87,7 +81,8 @@ class Matcher:
             node = self.lifecycle.nodes.get(node_id)
             if node.state not in (State.INSPECTED, *WAITING):
                 return None
-            result = self.catalog.current.match(self.facts(node), self._counts(node_id))
+            facts = self.facts(node)
+            result = self.catalog.current.match(facts, self._counts(node_id))
             detail = {"match": result.to_json()}
             if result.winner is None:
                 if node.state == State.UNMATCHED:
@@ -100,7 +95,7 @@ class Matcher:
                 return None  # still waiting for a person, whatever profile it now prefers
             profile = self.catalog.current.get(result.winner)
             try:
-                hostname = profile.hostname(self.facts(node))
+                hostname = profile.hostname(facts)
             except RenderError as e:
                 return self.lifecycle.fire(
                     node_id,

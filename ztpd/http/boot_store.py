@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from ztpd.errors import IllegalTransition, NotFound
+from ztpd.errors import IllegalTransition
 from ztpd.identity import Identity
 from ztpd.lifecycle import Lifecycle, Trigger
 from ztpd.model import Node
@@ -47,10 +47,7 @@ class StoreBootBackend:
         return self.nodes.get(node.id)
 
     def node(self, node_id: int) -> Node | None:
-        try:
-            return self.nodes.get(node_id)
-        except NotFound:
-            return None
+        return self.nodes.maybe(node_id)
 
     def node_by_ip(self, ip: str) -> Node | None:
         return self.nodes.by_ip(ip)

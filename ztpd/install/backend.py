@@ -4,17 +4,16 @@ profiles and the lifecycle. Built by ``app.py``; ``ztpd.http.install`` only sees
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
 from ztpd.errors import NotFound
-from ztpd.http import queries
 from ztpd.inventory.schema import Inventory
 from ztpd.lifecycle import Lifecycle, Trigger
 from ztpd.model import Node
 from ztpd.profiles import ProfileCatalog
 from ztpd.profiles.model import Os
+from ztpd.store import Inventories
 from ztpd.tokens import Tokens
 
 PURPOSE = "install"
@@ -48,18 +47,13 @@ class StoreInstallBackend:
         self.tokens.verify(token, PURPOSE, node_id=node_id)
 
     def node(self, node_id: int) -> Node | None:
-        try:
-            return self.nodes.get(node_id)
-        except NotFound:
-            return None
+        return self.nodes.maybe(node_id)
 
     def os_for(self, node: Node) -> Os | None:
         return self._profile_os(node.profile) if node.profile else None
 
     def inventory(self, node: Node) -> Inventory | None:
-        with contextlib.suppress(NotFound):
-            return Inventory.model_validate(queries.inventory(self.store, node.id)["data"])
-        return None
+        return Inventories(self.store).latest(node.id)
 
     def event(self, node_id: int | None, cause: str, detail: dict[str, Any]) -> None:
         self.store.add_event(node_id=node_id, kind="install", cause=cause, detail=detail)

@@ -2,6 +2,7 @@
 
 from ztpd.store.db import SCHEMA_VERSION, Store
 from ztpd.store.events import Events
+from ztpd.store.inventories import Inventories
 from ztpd.store.nodes import Nodes
 
-__all__ = ["SCHEMA_VERSION", "Events", "Nodes", "Store"]
+__all__ = ["SCHEMA_VERSION", "Events", "Inventories", "Nodes", "Store"]

@@ -38,8 +38,12 @@ class Nodes:
     def _load(self, row: dict[str, Any] | None) -> Node | None:
         return None if row is None else Node.from_row(row, self._macs(row["id"]))
 
+    def maybe(self, node_id: int) -> Node | None:
+        """The node with this id, or None."""
+        return self._load(self.store.query_one("SELECT * FROM nodes WHERE id = ?", (node_id,)))
+
     def get(self, node_id: int) -> Node:
-        node = self._load(self.store.query_one("SELECT * FROM nodes WHERE id = ?", (node_id,)))
+        node = self.maybe(node_id)
         if node is None:
             raise NotFound(f"no node {node_id}")
         return node
