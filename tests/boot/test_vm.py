@@ -29,7 +29,6 @@ __all__ = ["lan"]
 pytestmark = [pytest.mark.netns, pytest.mark.vm, pytest.mark.slow]
 
 HERE = Path(__file__).parent
-SERVE = HERE / "serve.py"
 TEMPLATES = HERE.parents[1] / "boot-templates"
 IPXE = Path("/usr/lib/ipxe")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -119,6 +118,7 @@ def ztpd(lan: Lan, tmp_path: Path) -> Iterator[Ztpd]:
                 "state_dir": str(tmp_path),
                 "images_dir": str(images),
                 "templates_dir": str(TEMPLATES),
+                "profiles_dir": str(HERE.parents[1] / "profiles"),
                 "log": {"level": "info"},
                 "http": {"listen": [SERVER], "port": 8080},
                 "tftp": {"enabled": True, "listen": [SERVER], "port": 69},
@@ -138,10 +138,12 @@ def ztpd(lan: Lan, tmp_path: Path) -> Iterator[Ztpd]:
     )
     with (tmp_path / "ztpd.log").open("wb") as out:
         proc = server.popen(
-            [sys.executable, str(SERVE), str(config)], stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "ztpd", "serve", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     z = Ztpd(server, tmp_path, proc)
-    wait_for(lambda: "ready" in z.log() or proc.poll() is not None, "ztpd to start")
+    wait_for(lambda: "logger=ztpd.app ready" in z.log() or proc.poll() is not None, "ztpd to start")
     assert proc.poll() is None, z.log()
     yield z
     server.stop(proc)
