@@ -17,12 +17,12 @@ import enum
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from ztpd.errors import IllegalTransition
 from ztpd.model import Node
 from ztpd.store import Nodes, Store
+from ztpd.tasks import TaskService
 
 log = logging.getLogger("ztpd.lifecycle")
 
@@ -257,14 +257,14 @@ class Lifecycle:
         return None if row is None or row["d"] is None else float(row["d"])
 
 
-class DeadlineWatcher:
+class DeadlineWatcher(TaskService):
     """Fails nodes whose deadline passed; after a restart it picks the deadlines up from the
     store, so a node that timed out while ztpd was down fails at start-up."""
 
     def __init__(self, lifecycle: Lifecycle, interval: float) -> None:
+        super().__init__()
         self.lifecycle = lifecycle
         self.interval = interval
-        self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
     def poke(self) -> None:
@@ -286,17 +286,5 @@ class DeadlineWatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
 
-    async def __aenter__(self) -> DeadlineWatcher:
-        self._task = asyncio.create_task(self._run(), name="deadline-watcher")
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    def start(self) -> None:
+        self.spawn(self._run(), "deadline-watcher")

@@ -9,9 +9,7 @@ transaction, so two nodes racing for the last ``max_count`` slot cannot both win
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from types import TracebackType
 from typing import Any
 
 from ztpd.errors import IllegalTransition, RenderError
@@ -19,6 +17,7 @@ from ztpd.lifecycle import Lifecycle, State, Transition, Trigger
 from ztpd.model import Node
 from ztpd.profiles import MatchResult, NodeFacts, ProfileCatalog, build_facts
 from ztpd.store import Inventories, Store
+from ztpd.tasks import TaskService
 
 log = logging.getLogger("ztpd.matcher")
 
@@ -135,16 +134,16 @@ class Matcher:
         return done
 
 
-class MatchWorker:
+class MatchWorker(TaskService):
     """Runs matching off the event loop: for each node that becomes inspected, for everything
     pending at start-up (restart-resume), and for waiting nodes whenever the profile set
     changes (a file watcher polls; SIGHUP reloads at once)."""
 
     def __init__(self, matcher: Matcher, poll_interval: float) -> None:
+        super().__init__()
         self.matcher = matcher
         self.poll_interval = poll_interval
         self._queue: asyncio.Queue[int | None] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def on_transition(self, t: Transition) -> None:
@@ -181,23 +180,8 @@ class MatchWorker:
             if changed:
                 self._queue.put_nowait(None)
 
-    async def __aenter__(self) -> MatchWorker:
+    def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue.put_nowait(None)  # resume whatever was pending before a restart
-        self._tasks = [
-            asyncio.create_task(self._work(), name="matcher"),
-            asyncio.create_task(self._watch(), name="profile-watcher"),
-        ]
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self.spawn(self._work(), "matcher")
+        self.spawn(self._watch(), "profile-watcher")

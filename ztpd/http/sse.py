@@ -25,6 +25,7 @@ from aiohttp import web
 from ztpd.http import queries
 from ztpd.model import Event
 from ztpd.store import Store
+from ztpd.tasks import stop_tasks
 
 log = logging.getLogger("ztpd.http.sse")
 
@@ -116,9 +117,7 @@ class EventHub:
         yield
         self._closed.set()
         self._wake.set()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_tasks(task)
 
     async def close_streams(self, app: web.Application) -> None:
         """on_shutdown: end every open stream so the server need not wait for them."""
