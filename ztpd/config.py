@@ -53,13 +53,9 @@ def _check_ipv4_net(value: str) -> str:
     return str(ipaddress.IPv4Network(value, strict=True))
 
 
-def _check_mac(value: str) -> str:
-    return normalize_mac(value)
-
-
 IPv4 = Annotated[str, pydantic.AfterValidator(_check_ipv4)]
 IPv4Network = Annotated[str, pydantic.AfterValidator(_check_ipv4_net)]
-Mac = Annotated[str, pydantic.AfterValidator(_check_mac)]
+Mac = Annotated[str, pydantic.AfterValidator(normalize_mac)]
 
 
 class ApiToken(Section):
