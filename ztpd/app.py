@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from ztpd.config import Config
-from ztpd.dhcp.arch import ArchTable
 from ztpd.dhcp.boot import boot_targets
 from ztpd.dhcp.service import DhcpService
 from ztpd.dhcp.sqlite_backend import SqliteBackend
@@ -98,10 +97,11 @@ def check(config: Config) -> CheckReport:
         report.ok.append(f"profiles {config.profiles_dir}")
     try:
         BootTemplates(config.templates_dir).load()
-        report.ok.append(f"boot templates {config.templates_dir}")
+        Renderer(config.templates_dir, Mirrors(config.install.mirrors, config.install.proxy))
+        report.ok.append(f"boot and install templates {config.templates_dir}")
     except SourceError as e:
         report.problems += [str(p) for p in e.problems]
-    table = ArchTable.with_overrides(config.dhcp.boot.arch, config.dhcp.boot.files)
+    table = boot_targets(config).table
     wanted = [*table.files.values(), config.boot.discovery_kernel, config.boot.discovery_initrd]
     # A missing boot file is a warning: ztpd serves everything else (and `make images` or
     # `ztpd images fetch` provides the files); a node that needs it gets a 404 and an event.

@@ -127,3 +127,26 @@ def test_events_follow_prints_new_events_and_stops_cleanly(seeded: Path) -> None
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert "Traceback" not in err
+
+
+def test_check_lists_template_problems_with_file_and_line(tmp_path: Path) -> None:
+    import shutil
+
+    templates = tmp_path / "boot-templates"
+    shutil.copytree(REPO / "boot-templates", templates)
+    (templates / "install" / "preseed" / "preseed.cfg.j2").write_text("ok\n{% if %}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZTPD_")}
+    env.update(ZTPD_STATE_DIR=str(tmp_path / "state"), ZTPD_TEMPLATES_DIR=str(templates))
+    r = subprocess.run(
+        ztpd_cmd("check"),
+        env=env,
+        cwd=REPO,
+        text=True,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 1
+    assert f"{templates}/install/preseed/preseed.cfg.j2:2:" in r.stderr
+    assert "ztpd check: 1 problem(s)" in r.stderr
+    assert "ok: profiles" in r.stdout
