@@ -120,6 +120,9 @@ class HttpConfig(Section):
     # The base URL nodes use to reach ztpd; derived from the first listen address when unset.
     public_url: str | None = None
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
+    # Seconds a connection may take to send a whole request's headers (also the idle time
+    # between keep-alive requests): slow or dead clients are closed, not held forever.
+    request_timeout: Annotated[float, Field(gt=0, le=3600)] = 30
     auth: AuthConfig = AuthConfig()
 
     @property

@@ -79,8 +79,16 @@ class HttpService:
         self.ports: list[int] = []
 
     async def __aenter__(self) -> HttpService:
+        # aiohttp arms its keep-alive timer when a connection opens and closes the connection
+        # when it fires while no whole request has arrived: that is the header-read deadline
+        # too (a client trickling header bytes never completes a request). A running handler,
+        # such as an SSE stream, is not affected.
         self._runner = web.AppRunner(
-            self.app, access_log=None, shutdown_timeout=5.0, handle_signals=False
+            self.app,
+            access_log=None,
+            shutdown_timeout=5.0,
+            handle_signals=False,
+            keepalive_timeout=self.config.request_timeout,
         )
         await self._runner.setup()
         for address in self.config.listen:
