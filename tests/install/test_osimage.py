@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 from pathlib import Path
 
@@ -61,6 +62,31 @@ def test_cached_needs_every_file_at_its_recorded_size(tmp_path: Path) -> None:
     assert osimage.cached(tmp_path, "debian-12") is None
 
 
+def test_bios_boot_patches_what_grub_bios_setup_patches() -> None:
+    mbr = bytearray(512)
+    mbr[3:0x5A] = b"B" * (0x5A - 3)  # a BPB
+    mbr[0x1B8:0x1FE] = b"P" * (0x1FE - 0x1B8)  # disk signature and partition table
+    mbr[510:] = b"\x55\xaa"
+    boot = bytes(range(256)) * 2
+    # diskboot.img's default blocklist: sector 2, grub-mkimage's length, segment 0x820.
+    core = bytearray(3 * 512 + 100)
+    struct.pack_into("<QHH", core, 500, 2, 3, 0x820)
+    struct.pack_into("<QHH", core, 488, 7, 7, 7)
+    first, patched = osimage.bios_boot(bytes(mbr), boot, bytes(core), 2048)
+    assert first[:3] == boot[:3] and first[3:0x5A] == mbr[3:0x5A]
+    assert first[0x68:0x1B8] == boot[0x68:0x1B8]
+    assert first[0x1B8:] == mbr[0x1B8:]
+    assert struct.unpack_from("<Q", first, 0x5C) == (2048,)
+    assert first[0x64] == 0xFF and first[0x66:0x68] == b"\x90\x90"
+    assert struct.unpack_from("<QHH", patched, 500) == (2049, 3, 0x820)
+    assert struct.unpack_from("<QHH", patched, 488) == (0, 0, 0)
+    assert patched[512:] == core[512:]
+    with pytest.raises(ZtpdError, match="55aa"):
+        osimage.bios_boot(bytes(512), boot, bytes(core), 2048)
+    with pytest.raises(ZtpdError, match="no GRUB core image"):
+        osimage.bios_boot(bytes(mbr), boot, bytes(512), 2048)
+
+
 def _parts(raw: Path) -> list[dict[str, object]]:
     out = subprocess.run(
         ["sfdisk", "--json", str(raw)], capture_output=True, text=True, check=True
@@ -91,6 +117,14 @@ def test_image_layout_and_manifest(image: osimage.OsImage) -> None:
         env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
     )
     assert "BOOTX64.EFI" in listing.stdout
+    # BIOS: GRUB's boot.img in the MBR points at core.img in the BIOS boot partition.
+    bios_lba = int(parts[0]["start"])  # type: ignore[call-overload]
+    with (out / raw.name).open("rb") as f:
+        mbr = f.read(512)
+        f.seek(bios_lba * 512)
+        core = f.read(512)
+    assert mbr[510:] == b"\x55\xaa" and struct.unpack_from("<Q", mbr, 0x5C) == (bios_lba,)
+    assert struct.unpack_from("<Q", core, 500) == (bios_lba + 1,)
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
-"""The built Debian image boots (QEMU, UEFI, TCG) with a NoCloud seed that ztpd's install
-endpoint served for it, and its first boot calls back: the node becomes deployed with the
-image's SSH host key. The guest's network is QEMU's restricted user network: it reaches
-nothing but ztpd on this host's loopback (one forwarded address)."""
+"""The built Debian image boots (QEMU, TCG; UEFI with OVMF, BIOS with SeaBIOS) with a NoCloud
+seed that ztpd's install endpoint served for it, and its first boot calls back: the node becomes
+deployed with the image's SSH host key. The guest's network is QEMU's restricted user network:
+it reaches nothing but ztpd on this host's loopback (one forwarded address)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from ztpd.identity import Identity
 from ztpd.images import osimage
 from ztpd.install.backend import StoreInstallBackend
 from ztpd.install.render import Renderer
-from ztpd.lab.vm import OVMF_CODE, OVMF_VARS, QEMU
+from ztpd.lab.vm import OVMF_CODE, OVMF_VARS, QEMU, Firmware
 from ztpd.lifecycle import Lifecycle, Trigger
 from ztpd.profiles.model import Os
 from ztpd.store import Nodes, Store
@@ -37,15 +37,16 @@ MAC = "52:54:00:7a:00:01"
 DEADLINE = 900  # seconds: a Debian boot with cloud-init under TCG on a shared, busy host
 
 
-def _missing() -> list[str]:
+def _missing(firmware: Firmware) -> list[str]:
     tools = [QEMU, "qemu-img", "busybox", "mkfs.vfat", "mcopy"]
     gone = [t for t in tools if shutil.which(t) is None]
-    return gone + [str(p) for p in (OVMF_CODE, OVMF_VARS) if not p.is_file()]
+    ovmf = (OVMF_CODE, OVMF_VARS) if firmware == "uefi" else ()
+    return gone + [str(p) for p in ovmf if not p.is_file()]
 
 
-def _machine(tmp_path: Path, seed: Path, raw: Path, port: int) -> list[str]:
+def _machine(tmp_path: Path, seed: Path, raw: Path, port: int, firmware: Firmware) -> list[str]:
     """A CIDATA volume with the seed, a 4 GiB overlay on the image (it grows on first boot),
-    private UEFI variables; the QEMU command line that boots them."""
+    private UEFI variables (QEMU's default SeaBIOS for BIOS); the QEMU command line."""
     cidata = tmp_path / "cidata.img"
     subprocess.run(
         ["mkfs.vfat", "-C", "-n", "CIDATA", str(cidata), "2048"], check=True, capture_output=True
@@ -61,13 +62,18 @@ def _machine(tmp_path: Path, seed: Path, raw: Path, port: int) -> list[str]:
         ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(raw), "-F", "raw", str(disk), "4G"],
         check=True,
     )
-    shutil.copyfile(OVMF_VARS, tmp_path / "vars.fd")
+    pflash: list[str] = []
+    if firmware == "uefi":
+        shutil.copyfile(OVMF_VARS, tmp_path / "vars.fd")
+        pflash = [
+            "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,file={tmp_path / 'vars.fd'}",
+        ]  # fmt: skip
     return [
         QEMU, "-accel", "tcg", "-machine", "q35", "-smp", "2", "-m", "1024",
         "-nodefaults", "-no-user-config", "-display", "none",
         "-serial", f"file:{tmp_path / 'console.log'}",
-        "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
-        "-drive", f"if=pflash,format=raw,file={tmp_path / 'vars.fd'}",
+        *pflash,
         "-drive", f"if=virtio,format=qcow2,file={disk}",
         "-drive", f"if=virtio,format=raw,file={cidata}",
         # restrict=on: no way out but the one forward to ztpd, one nc per connection.
@@ -79,9 +85,12 @@ def _machine(tmp_path: Path, seed: Path, raw: Path, port: int) -> list[str]:
 
 @pytest.mark.vm
 @pytest.mark.slow
-async def test_image_boots_and_calls_back(image: osimage.OsImage, tmp_path: Path) -> None:
-    if _missing():
-        pytest.skip(f"needs {', '.join(_missing())} (make apt)")
+@pytest.mark.parametrize("firmware", ["uefi", "bios"])
+async def test_image_boots_and_calls_back(
+    image: osimage.OsImage, tmp_path: Path, firmware: Firmware
+) -> None:
+    if _missing(firmware):
+        pytest.skip(f"needs {', '.join(_missing(firmware))} (make apt)")
     store = Store(tmp_path / "ztpd.db")
     lifecycle = Lifecycle(store, {"inspecting": 900, "deploying": 3600, "configuring": 3600})
     tokens = Tokens(store)
@@ -114,7 +123,7 @@ async def test_image_boots_and_calls_back(image: osimage.OsImage, tmp_path: Path
                 assert r.status == 200, await r.text()
                 (seed / name).write_bytes(await r.read())
         raw = IMAGES / "os" / "debian-12" / image.file(".raw").name
-        argv = await asyncio.to_thread(_machine, tmp_path, seed, raw, port)
+        argv = await asyncio.to_thread(_machine, tmp_path, seed, raw, port, firmware)
         qemu = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
         )

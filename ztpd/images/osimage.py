@@ -9,15 +9,18 @@
 The root filesystem comes from ``debootstrap`` (a minimal bookworm with the stock kernel,
 openssh-server and cloud-init) against the Debian mirror apt on this machine already uses; it is
 packed with ``mkfs.ext4 -d`` and the ESP with mtools: no loop device, and nothing mounted but
-/proc inside the tree while apt runs. UEFI firmware boots a standalone GRUB
-(``EFI/BOOT/BOOTX64.EFI`` on the ESP) that reads ``/boot/grub/grub.cfg`` on the root filesystem,
-which boots the ``/vmlinuz`` and ``/initrd.img`` links Debian keeps current, so a kernel upgrade
-on the node takes effect.
+/proc inside the tree while apt runs. Both firmwares end in the same ``/boot/grub/grub.cfg`` on
+the root filesystem, found by its UUID, which boots the ``/vmlinuz`` and ``/initrd.img`` links
+Debian keeps current, so a kernel upgrade on the node takes effect:
 
-BIOS boot is not done yet: ``grub-bios-setup`` will not write to a disk image file (it insists
-on resolving the host's root device), and installing it needs a loop device and mounts. The
-1 MiB BIOS boot partition is reserved so ``grub-install`` on the node (or a later build step)
-can add it without repartitioning.
+- UEFI boots a standalone GRUB, ``EFI/BOOT/BOOTX64.EFI`` on the ESP.
+- BIOS boots GRUB's ``boot.img`` in the MBR, which loads a ``core.img`` (``grub-mkimage -O
+  i386-pc`` with every module it needs built in) from the BIOS boot partition. The image file
+  is patched the way ``grub-bios-setup`` patches a disk (see ``bios_boot``), because that tool
+  will not target a file: it resolves the host's devices and would need a loop device.
+
+GRUB comes from the build machine's ``grub-efi-amd64-bin`` and ``grub-pc-bin`` packages (the
+Makefile's apt step installs them), so ``grub-mkimage`` and its modules are the same version.
 
 The installed system learns who it is from a cloud-init NoCloud seed (the agent writes
 ``/var/lib/cloud/seed/nocloud/{user-data,meta-data}``, rendered by ``ztpd.install`` for method
@@ -36,6 +39,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import subprocess
 import uuid
 from dataclasses import asdict, dataclass
@@ -61,6 +65,20 @@ CHROOT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+GRUB_PC_DIR = Path("/usr/lib/grub/i386-pc")
+# Built into the BIOS core.img: the image's root filesystem carries no GRUB modules to load.
+GRUB_PC_MODULES = (
+    *("biosdisk", "part_gpt", "part_msdos", "ext2", "search", "search_fs_uuid", "linux"),
+    *("normal", "configfile", "echo", "test", "gzio", "serial", "terminal"),
+)
+SECTOR = 512
+# Offsets grub-bios-setup patches (grub's include/grub/i386/pc/boot.h, util/setup.c).
+MBR_BPB = (0x03, 0x5A)  # the BIOS parameter block: kept from the disk's own MBR
+MBR_KERNEL_SECTOR = 0x5C  # u64 LBA of core.img's first sector
+MBR_BOOT_DRIVE = 0x64  # 0xff: use the drive the BIOS booted from (DL)
+MBR_DRIVE_CHECK = 0x66  # a 2-byte jmp; NOPs make boot.img trust DL only for hard disks
+MBR_CODE_END = 0x1B8  # disk signature and partition table start here: kept
+CORE_BLOCKLIST = SECTOR - 12  # diskboot.img's first blocklist: u64 start, u16 len, u16 segment
 
 
 @dataclass(frozen=True)
@@ -79,7 +97,7 @@ class Recipe:
         "var/cache/apt/archives",
         "var/lib/apt/lists",
     )
-    version: int = 2  # bump when the build steps change what ends up in the image
+    version: int = 3  # bump when the build steps change what ends up in the image
 
     def fingerprint(self, mirror: str) -> str:
         text = json.dumps({**asdict(self), "mirror": mirror}, sort_keys=True)
@@ -320,14 +338,25 @@ def _tree_bytes(root: Path) -> int:
     return int(run(["du", "-s", "--block-size=1", str(root)]).split()[0])
 
 
-def _esp(work: Path, root_uuid: str) -> Path:
-    """A FAT ESP with a standalone GRUB that hands over to the root filesystem's grub.cfg."""
+def _early_cfg(work: Path, root_uuid: str) -> Path:
+    """GRUB's built-in first config (both firmwares): GRUB on the serial console too (before
+    the prefix moves, so the module still loads from where GRUB started), then the root
+    filesystem's grub.cfg. No ``if``: BIOS core.img runs this with GRUB's rescue parser, which
+    has none (a failing line is reported and the next one runs)."""
     early = work / "early.cfg"
     early.write_text(
+        "serial --unit=0 --speed=115200\n"
+        "terminal_input --append serial\n"
+        "terminal_output --append serial\n"
         f"search --no-floppy --fs-uuid {root_uuid} --set=root\n"
         "set prefix=($root)/boot/grub\n"
         "configfile ($root)/boot/grub/grub.cfg\n"
     )
+    return early
+
+
+def _esp(work: Path, early: Path) -> Path:
+    """A FAT ESP with a standalone GRUB that hands over to the root filesystem's grub.cfg."""
     efi = work / "BOOTX64.EFI"
     run(
         [
@@ -353,10 +382,52 @@ def _esp(work: Path, root_uuid: str) -> Path:
     return esp
 
 
-def _disk(work: Path, name: str, esp: Path, rootfs: Path) -> Path:
+def _core_img(work: Path, early: Path) -> bytes:
+    """GRUB's BIOS core.img: diskboot.img, then the kernel with its modules and ``early``."""
+    core = work / "core.img"
+    run(
+        [
+            *("grub-mkimage", "-O", "i386-pc", "-d", str(GRUB_PC_DIR)),
+            *("-o", str(core), "-c", str(early), "-p", "/boot/grub", *GRUB_PC_MODULES),
+        ]
+    )
+    return core.read_bytes()
+
+
+def bios_boot(mbr: bytes, boot: bytes, core: bytes, core_lba: int) -> tuple[bytes, bytes]:
+    """The disk's first sector and core.img, patched as ``grub-bios-setup`` patches them for
+    a core.img embedded at ``core_lba`` (a BIOS boot partition).
+
+    ``mbr`` keeps its BPB area, disk signature and (protective) partition table; the rest is
+    ``boot``'s code, told where core.img starts, to use the drive the BIOS names, and to skip
+    its floppy check. core.img's first blocklist names the sectors after its first one.
+    """
+    if len(mbr) != SECTOR or len(boot) != SECTOR or mbr[510:] != b"\x55\xaa":
+        raise ZtpdError("images: BIOS boot needs a 512-byte MBR with its 55aa signature")
+    if len(core) <= SECTOR:
+        raise ZtpdError(f"images: core.img of {len(core)} bytes is no GRUB core image")
+    first = bytearray(mbr)
+    first[: MBR_BPB[0]] = boot[: MBR_BPB[0]]
+    first[MBR_BPB[1] : MBR_CODE_END] = boot[MBR_BPB[1] : MBR_CODE_END]
+    struct.pack_into("<Q", first, MBR_KERNEL_SECTOR, core_lba)
+    first[MBR_BOOT_DRIVE] = 0xFF
+    first[MBR_DRIVE_CHECK : MBR_DRIVE_CHECK + 2] = b"\x90\x90"
+    patched = bytearray(core)
+    sectors = -(-len(core) // SECTOR)
+    _, _, segment = struct.unpack_from("<QHH", patched, CORE_BLOCKLIST)
+    struct.pack_into("<QHH", patched, CORE_BLOCKLIST, core_lba + 1, sectors - 1, segment)
+    # The entry below is the list's terminator: zero.
+    struct.pack_into("<QHH", patched, CORE_BLOCKLIST - 12, 0, 0, 0)
+    return bytes(first), bytes(patched)
+
+
+def _disk(work: Path, name: str, esp: Path, rootfs: Path, core: bytes) -> Path:
     disk = work / f"{name}.raw"
     disk.unlink(missing_ok=True)
-    esp_start = 1 + BIOS_BOOT_MIB
+    if len(core) > BIOS_BOOT_MIB * MIB:
+        raise ZtpdError(f"images: core.img ({len(core)} bytes) does not fit the BIOS boot part")
+    bios_start = 1
+    esp_start = bios_start + BIOS_BOOT_MIB
     root_start = esp_start + ESP_MIB
     root_mib = rootfs.stat().st_size // MIB
     total_mib = root_start + root_mib + 1  # + the backup GPT
@@ -364,7 +435,7 @@ def _disk(work: Path, name: str, esp: Path, rootfs: Path) -> Path:
         f.truncate(total_mib * MIB)
     layout = (
         "label: gpt\n"
-        f"start={1 * MIB // 512}, size={BIOS_BOOT_MIB * MIB // 512}, type={BIOS_BOOT}, "
+        f"start={bios_start * MIB // 512}, size={BIOS_BOOT_MIB * MIB // 512}, type={BIOS_BOOT}, "
         'name="bios"\n'
         f'start={esp_start * MIB // 512}, size={ESP_MIB * MIB // 512}, type={ESP}, name="esp"\n'
         f"start={root_start * MIB // 512}, size={root_mib * MIB // 512}, type={LINUX}, "
@@ -392,6 +463,15 @@ def _disk(work: Path, name: str, esp: Path, rootfs: Path) -> Path:
                 "status=none",
             ]
         )
+    core_lba = bios_start * MIB // SECTOR
+    with disk.open("r+b") as f:
+        first, patched = bios_boot(
+            f.read(SECTOR), (GRUB_PC_DIR / "boot.img").read_bytes(), core, core_lba
+        )
+        f.seek(0)
+        f.write(first)
+        f.seek(core_lba * SECTOR)
+        f.write(patched)
     return disk
 
 
@@ -447,7 +527,9 @@ def build(
         used = _tree_bytes(root)
         with rootfs.open("wb") as f:
             f.truncate(((used + used // 8) // MIB + 64) * MIB)
-        esp = _esp(work, root_uuid)
+        early = _early_cfg(work, root_uuid)
+        esp = _esp(work, early)
+        core = _core_img(work, early)
         run(
             [
                 *(
@@ -467,7 +549,7 @@ def build(
             ],
             timeout=BUILD_TIMEOUT,
         )
-        disk = _disk(work, name, esp, rootfs)
+        disk = _disk(work, name, esp, rootfs, core)
         run(["zstd", "-q", "-f", "-T0", "-6", str(disk), "-o", f"{disk}.zst"], timeout=900)
         out.mkdir(parents=True, exist_ok=True)
         files = []
