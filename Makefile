@@ -8,7 +8,7 @@ APT_PACKAGES := python3 python3-venv iproute2 curl ca-certificates \
 	dnsmasq-base kea-dhcp4-server kea-admin udhcpc isc-dhcp-client tcpdump \
 	tftp-hpa atftp ipxe ovmf qemu-system-x86 busybox-static systemd chromium \
 	qemu-utils ipxe-qemu \
-	debootstrap grub-efi-amd64-bin fdisk dosfstools mtools zstd debconf
+	debootstrap grub-efi-amd64-bin grub-pc-bin fdisk dosfstools mtools zstd debconf
 
 .PHONY: all deps apt venv lint typecheck unit test demo check clean bench-dhcp images discovery-image os-image
 
