@@ -30,6 +30,7 @@ from ztpd.http.profiles_view import CatalogView
 from ztpd.http.server import HttpService, make_app
 from ztpd.images import missing as images_missing
 from ztpd.install.backend import StoreInstallBackend, catalog_os
+from ztpd.install.deploy import ImageDeploy
 from ztpd.install.render import Mirrors, Renderer
 from ztpd.lifecycle import IN_PROGRESS, DeadlineWatcher, Lifecycle, Transition
 from ztpd.matcher import Matcher, MatchWorker
@@ -145,6 +146,12 @@ class Appliance:
             self.lifecycle,
             silence=config.lifecycle.agent_silence,
             on_heartbeat=self.metrics.heartbeats.inc,
+            deploy=ImageDeploy(
+                StoreInstallBackend(self.lifecycle, Tokens(store), catalog_os(self.catalog)),
+                config.images_dir,
+                config.http.base_url,
+                config.boot.token_ttl,
+            ),
         )
         add_agent_routes(
             self.http_app, self.agent, lambda h: guarded("viewer", lambda req, _who: h(req))

@@ -3,15 +3,18 @@
 Layout (``<name>`` is ``ztpd-lab`` unless told otherwise)::
 
     host 127.0.0.1:<port> ─ forwarder ─┐ (its upstream sockets live in <name>-srv)
-    <name>-srv:  eth0 10.231.0.1/24, ztpd serve (DHCP full, TFTP, HTTP)
-    <name>-br:   br0 (STP off, forward delay 0, no bridge netfilter), a veth to <name>-srv,
-                 one tap per VM NIC, and the QEMU processes
+    <name>-srv:  eth0 10.231.0.1/24, ztpd serve (DHCP full or proxy, TFTP, HTTP)
+    <name>-dhcp: eth0 10.231.0.2/24, dnsmasq handing out addresses only (``--dhcp proxy``)
+    <name>-br:   br0 (STP off, forward delay 0, no bridge netfilter), a veth to each of the
+                 above, one tap per VM NIC, and the QEMU processes
 
 Everything the lab starts runs in its own session and survives ``up``; ``lab.json`` in the state
 directory records each process with its start time (so a reused pid is never signalled), the VM
-specs and when each VM was powered on. ``down`` works from that file and, when it is gone or
-stale, from the namespace names alone: it stops every recorded process, kills whatever still runs
-in the two namespaces, deletes them (which removes their links), and removes the files it made.
+specs and when each VM was powered on. ``timings.json`` holds, per VM, the seconds from
+power-on to each step (written whenever ``up`` stops following). ``down`` works from
+``lab.json`` and, when it is gone or stale, from the namespace names alone: it stops every
+recorded process, kills whatever still runs in the lab's namespaces, deletes them (which removes
+their links), and removes the files it made.
 """
 
 from __future__ import annotations
@@ -43,11 +46,25 @@ from ztpd.lab.watch import Progress
 NAME = "ztpd-lab"
 SUBNET = "10.231.0.0/24"
 SERVER_IP = "10.231.0.1"
+DHCP_IP = "10.231.0.2"  # dnsmasq, in proxy mode
+DHCP_MODES = ("full", "proxy")
 POOL = ("10.231.0.100", "10.231.0.199")
 HTTP_PORT = 8080
 STATE_FILE = "lab.json"
+TIMINGS_FILE = "timings.json"
 # Every file and directory ``up`` makes in the state directory (``down`` removes exactly these).
-MADE = (STATE_FILE, "ztpd.yaml", "ztpd.log", "forward.log", "admin-token", "ztpd", "vms")
+MADE = (
+    STATE_FILE,
+    TIMINGS_FILE,
+    "ztpd.yaml",
+    "ztpd.log",
+    "forward.log",
+    "dnsmasq.log",
+    "dnsmasq.leases",
+    "admin-token",
+    "ztpd",
+    "vms",
+)
 
 
 @dataclass(frozen=True)
@@ -80,6 +97,7 @@ class LabState:
     port: int
     accel: str
     vms: list[VmSpec]
+    dhcp: str = "full"
     procs: dict[str, Proc] = field(default_factory=dict)
     powered_on: dict[str, float] = field(default_factory=dict)
 
@@ -88,6 +106,7 @@ class LabState:
             "name": self.name,
             "port": self.port,
             "accel": self.accel,
+            "dhcp": self.dhcp,
             "vms": [v.to_dict() for v in self.vms],
             "procs": {k: {"pid": p.pid, "start": p.start} for k, p in self.procs.items()},
             "powered_on": self.powered_on,
@@ -100,6 +119,7 @@ class LabState:
             port=d["port"],
             accel=d["accel"],
             vms=[VmSpec.from_dict(v) for v in d["vms"]],
+            dhcp=d.get("dhcp", "full"),
             procs={k: Proc(p["pid"], p["start"]) for k, p in d["procs"].items()},
             powered_on=d["powered_on"],
         )
@@ -107,6 +127,12 @@ class LabState:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def wanted(self) -> set[str]:
+        """The processes a healthy lab runs."""
+        extra = {"dnsmasq"} if self.dhcp == "proxy" else set()
+        return {"ztpd", "forward", *extra, *(v.name for v in self.vms)}
 
 
 def proc_start(pid: int) -> str | None:
@@ -134,6 +160,8 @@ class Lab:
         self.out = out
         self.switch_ns = f"{settings.name}-br"
         self.server_ns = f"{settings.name}-srv"
+        self.dhcp_ns = f"{settings.name}-dhcp"
+        self.all_ns = (self.server_ns, self.dhcp_ns, self.switch_ns)
 
     # --- state -----------------------------------------------------------------------------
 
@@ -159,11 +187,19 @@ class Lab:
         if lab is None or not lab.procs:
             return None
         present = set(namespaces(self.s.name))
-        if {self.switch_ns, self.server_ns} - present:
+        needed = {self.switch_ns, self.server_ns} | (
+            {self.dhcp_ns} if lab.dhcp == "proxy" else set()
+        )
+        if needed - present:
             return None
-        wanted = {"ztpd", "forward", *(v.name for v in lab.vms)}
-        if wanted - set(lab.procs) or not all(p.alive() for p in lab.procs.values()):
+        if lab.wanted - set(lab.procs) or not all(p.alive() for p in lab.procs.values()):
             return None
+        return lab
+
+    def _running(self) -> LabState:
+        lab = self.running()
+        if lab is None:
+            raise ZtpdError(f"lab {self.s.name}: not up (`ztpd lab status` shows what is left)")
         return lab
 
     def vm_files(self, spec: VmSpec) -> VmFiles:
@@ -175,8 +211,11 @@ class Lab:
 
     # --- up --------------------------------------------------------------------------------
 
-    def up(self, nodes: int, firmware: str, timeout: float) -> int:
-        """Build (or find) the lab, follow its nodes until settled or ``timeout``; exit status."""
+    def up(self, nodes: int, firmware: str, timeout: float, dhcp: str = "full") -> int:
+        """Build (or find) the lab, follow its nodes until settled or ``timeout``; exit status:
+        0 only when every node is installed (deployed or later)."""
+        if dhcp not in DHCP_MODES:
+            raise ZtpdError(f"lab: --dhcp must be one of {', '.join(DHCP_MODES)}, not {dhcp!r}")
         lab = self.running()
         if lab is not None:
             self._say(
@@ -184,33 +223,41 @@ class Lab:
                 f"(`ztpd lab down` first to change it)"
             )
         else:
-            if self.load() is not None or set(namespaces(self.s.name)) & {
-                self.switch_ns,
-                self.server_ns,
-            }:
+            if self.load() is not None or set(namespaces(self.s.name)) & set(self.all_ns):
                 self._say(f"lab {self.s.name}: removing what a previous run left behind")
                 self.down(quiet=True)
             vms = plan(nodes, firmware, self.s.name)
             try:
-                lab = self._build(vms)
+                lab = self._build(vms, dhcp)
             except BaseException:
                 self._say(f"lab {self.s.name}: start failed; removing what was made")
                 self.down(quiet=True)
                 raise
         self._say(f"status page: {lab.url}  (admin token in {self.s.state / 'admin-token'})")
         self._say("following the nodes; Ctrl-C stops following, the lab keeps running")
-        progress = Progress(self.s.state / "ztpd" / "ztpd.db", lab.vms, lab.powered_on, self._say)
+        progress = self.progress(lab, self._say)
         try:
             settled = progress.follow(timeout)
         except KeyboardInterrupt:
+            self._write_timings(progress)
             self._say("stopped following; `ztpd lab status` shows the lab, `ztpd lab down` ends it")
             return 0
+        self._write_timings(progress)
         self.out.write(progress.summary())
         if not settled:
             self._say(f"timeout after {timeout:.0f}s; the lab keeps running")
-        return 0 if settled and progress.all_installed() else 1
+        self._say(f"timings: {self.s.state / TIMINGS_FILE}")
+        return 0 if progress.all_installed() else 1
 
-    def _build(self, vms: list[VmSpec]) -> LabState:
+    def progress(self, lab: LabState, say: Callable[[str], None]) -> Progress:
+        return Progress(self.s.state / "ztpd" / "ztpd.db", lab.vms, lab.powered_on, say)
+
+    def _write_timings(self, progress: Progress) -> None:
+        part = (self.s.state / TIMINGS_FILE).with_suffix(".part")
+        part.write_text(json.dumps(progress.timings(), indent=2, sort_keys=True) + "\n")
+        os.replace(part, self.s.state / TIMINGS_FILE)
+
+    def _build(self, vms: list[VmSpec], dhcp: str) -> LabState:
         firmwares = {v.firmware for v in vms}
         problems = missing_tools(firmwares)
         if problems:
@@ -219,7 +266,7 @@ class Lab:
         self.s.state.mkdir(parents=True, exist_ok=True)
         accel, why = accelerator(self.s.state)
         self._say(f"accelerator: {accel} ({why})")
-        lab = LabState(self.s.name, self.s.port, accel, vms)
+        lab = LabState(self.s.name, self.s.port, accel, vms, dhcp)
         listen = self._bind()  # before anything is built: a busy port fails early and cleanly
         self.save(lab)  # from here on, `down` can undo a half-built lab
         lan = Lan(self.s.name).start()
@@ -228,26 +275,21 @@ class Lab:
             lan.plug(server, "srv0")
             ip("-n", server.name, "addr", "add", f"{SERVER_IP}/24", "dev", "eth0")
             ip("-n", server.name, "link", "set", "eth0", "up")
-            lab.procs["ztpd"] = _track(self._start_ztpd(server))
+            if dhcp == "proxy":
+                lab.procs["dnsmasq"] = _track(self._start_dnsmasq(lan))
+                self.save(lab)
+            lab.procs["ztpd"] = _track(self._start_ztpd(server, dhcp))
             self.save(lab)
             lab.procs["forward"] = _track(self._start_forward(server, listen))
             self.save(lab)
         finally:
             listen.close()
         self._wait_healthy(lab)
-        assert lan.switch is not None
         for spec in vms:
             for tap in spec.taps:
                 lan.tap(tap)
-            files = self.vm_files(spec)
-            prepare(spec, files)
-            with files.qemu_log.open("ab") as log:
-                proc = lan.switch.popen(
-                    qemu_argv(spec, files, accel), stdout=log, stderr=subprocess.STDOUT
-                )
-            lab.procs[spec.name] = _track(proc)
-            lab.powered_on[spec.name] = time.time()
-            self.save(lab)
+            prepare(spec, self.vm_files(spec))
+            self._power_on(lab, spec)
             self._say(
                 f"powered on {spec.name}: {spec.firmware}, {spec.shape.name} "
                 f"({spec.shape.cpus} CPU, {spec.shape.memory_mb} MB, disks "
@@ -255,6 +297,47 @@ class Lab:
                 f"serial {spec.serial}, mac {spec.macs[0]}"
             )
         return lab
+
+    def _power_on(self, lab: LabState, spec: VmSpec) -> None:
+        files = self.vm_files(spec)
+        with files.qemu_log.open("ab") as log:
+            proc = Netns.attach(self.switch_ns).popen(
+                qemu_argv(spec, files, lab.accel), stdout=log, stderr=subprocess.STDOUT
+            )
+        lab.procs[spec.name] = _track(proc)
+        lab.powered_on.setdefault(spec.name, time.time())  # timings count from the first one
+        self.save(lab)
+
+    def reboot(self, vm: str) -> None:
+        """Power-cycle one VM (its disks and firmware variables stay): it PXE boots again."""
+        lab = self._running()
+        spec = next((v for v in lab.vms if v.name == vm), None)
+        if spec is None:
+            raise ZtpdError(f"lab: no VM {vm!r} (the lab has {', '.join(v.name for v in lab.vms)})")
+        self._stop(lab.procs.pop(spec.name), signal.SIGKILL)  # a power cut, not a shutdown
+        self._power_on(lab, spec)
+        self._say(f"power-cycled {vm}")
+
+    def restart_ztpd(self, sig: int = signal.SIGTERM) -> None:
+        """Stop ztpd with ``sig`` (SIGKILL: a crash) and start it again on the same state."""
+        lab = self._running()
+        self._stop(lab.procs.pop("ztpd"), sig)
+        self.save(lab)
+        lab.procs["ztpd"] = _track(self._start_ztpd(Netns.attach(self.server_ns), lab.dhcp))
+        self.save(lab)
+        self._wait_healthy(lab)
+        self._say(f"restarted ztpd after {signal.Signals(sig).name} (pid {lab.procs['ztpd'].pid})")
+
+    @staticmethod
+    def _stop(proc: Proc, sig: int, timeout: float = 30.0) -> None:
+        """Signal ``proc``'s group and wait until it is gone (SIGKILL after ``timeout``)."""
+        stop_group(proc.pid, sig)
+        deadline = time.monotonic() + timeout
+        while proc.alive():
+            if time.monotonic() > deadline:
+                stop_group(proc.pid, signal.SIGKILL)
+                deadline = time.monotonic() + timeout
+            time.sleep(0.05)
 
     def _images(self) -> None:
         loaders = list(images.LOADERS)
@@ -281,7 +364,7 @@ class Lab:
             "DHCP and iPXE and then stop at the discovery boot until it is built"
         )
 
-    def _config(self) -> Path:
+    def _config(self, dhcp: str) -> Path:
         token = self.s.state / "admin-token"
         if not token.exists():
             token.touch(mode=0o600)
@@ -300,7 +383,10 @@ class Lab:
                 },
             },
             "tftp": {"enabled": True, "listen": [SERVER_IP], "port": 69},
-            "dhcp": {
+            # proxy: dnsmasq hands out the addresses, ztpd only the boot.
+            "dhcp": {"mode": "proxy", "interfaces": ["eth0"]}
+            if dhcp == "proxy"
+            else {
                 "mode": "full",
                 "interfaces": ["eth0"],
                 "subnets": [
@@ -320,8 +406,8 @@ class Lab:
         # The lab's config is complete: the caller's ZTPD_* overrides must not reshape it.
         return {k: v for k, v in self.s.env.items() if not k.startswith("ZTPD_")}
 
-    def _start_ztpd(self, server: Netns) -> subprocess.Popen[bytes]:
-        config = self._config()
+    def _start_ztpd(self, server: Netns, dhcp: str) -> subprocess.Popen[bytes]:
+        config = self._config(dhcp)
         with (self.s.state / "ztpd.log").open("ab") as log:
             return server.popen(
                 [self.s.python, "-m", "ztpd", "serve", "--config", str(config)],
@@ -329,6 +415,28 @@ class Lab:
                 stderr=subprocess.STDOUT,
                 env=self._child_env(),
             )
+
+    def _start_dnsmasq(self, lan: Lan) -> subprocess.Popen[bytes]:
+        """A plain DHCP server on the LAN: addresses and a router, nothing about booting."""
+        ns = Netns(self.dhcp_ns)
+        lan.plug(ns, "dhcp0")
+        ip("-n", ns.name, "addr", "add", f"{DHCP_IP}/24", "dev", "eth0")
+        ip("-n", ns.name, "link", "set", "eth0", "up")
+        argv = [
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--port=0",  # no DNS
+            "--interface=eth0",
+            "--bind-interfaces",
+            f"--dhcp-range={POOL[0]},{POOL[1]},1h",
+            f"--dhcp-option=option:router,{SERVER_IP}",
+            f"--dhcp-leasefile={self.s.state / 'dnsmasq.leases'}",
+            "--log-dhcp",
+            "--log-facility=-",
+        ]
+        with (self.s.state / "dnsmasq.log").open("ab") as log:
+            return ns.popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
     def _bind(self) -> socket.socket:
         sock = socket.socket()
@@ -386,7 +494,7 @@ class Lab:
             if p.alive():
                 stop_group(p.pid, signal.SIGKILL)
         present = set(namespaces(self.s.name))
-        for ns in (self.server_ns, self.switch_ns):
+        for ns in self.all_ns:
             if ns in present:
                 delete_namespace(ns)
                 removed.append(f"namespace {ns}")
@@ -409,7 +517,7 @@ class Lab:
 
     def status(self) -> int:
         lab = self.load()
-        present = [n for n in namespaces(self.s.name) if n in (self.switch_ns, self.server_ns)]
+        present = [n for n in namespaces(self.s.name) if n in self.all_ns]
         if lab is None and not present:
             self._say(f"lab {self.s.name}: not running")
             return 1
@@ -418,14 +526,17 @@ class Lab:
         self._say(f"namespaces: {', '.join(present) or '-'}")
         if lab is None:
             return 1
-        self._say(f"status page: {lab.url}  accelerator: {lab.accel}  state: {self.s.state}")
+        self._say(
+            f"status page: {lab.url}  accelerator: {lab.accel}  dhcp: {lab.dhcp}  "
+            f"state: {self.s.state}"
+        )
         for name, p in lab.procs.items():
             self._say(f"  {name:<8} pid {p.pid:<8} {'running' if p.alive() else 'gone'}")
         taps = self._taps() if self.switch_ns in present else []
         self._say(f"taps on {BRIDGE}: {', '.join(taps) or '-'}")
         db = self.s.state / "ztpd" / "ztpd.db"
         if db.exists():
-            self.out.write(Progress(db, lab.vms, lab.powered_on, self._say).table())
+            self.out.write(self.progress(lab, lambda _: None).table())
         return 0 if ok else 1
 
     def _taps(self) -> list[str]:

@@ -2,7 +2,8 @@
 
 The store is opened read-only and polled (the daemon commits, WAL lets readers in); a VM is
 found by its MACs. The steps of a VM are its first DHCP lease, its first boot-script request,
-then every state its node enters, each timed from the VM's power-on.
+then every state its node enters, each timed from the VM's power-on. ``summary`` and
+``timings`` report the phases (``PHASES``) and, for a VM that is not installed, why.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from ztpd.errors import StoreError
 from ztpd.identity import normalize_mac
@@ -22,6 +24,8 @@ INSTALLED = frozenset({State.DEPLOYED, State.CONFIGURING, State.READY})
 # Where a node stays until an operator acts: the lab stops waiting for it.
 SETTLED = INSTALLED | {State.FAILED, State.RETIRED, State.UNMATCHED, State.AWAITING_APPROVAL}
 POLL = 1.0
+# The summary's columns: seconds from power-on to the first time the node entered each.
+PHASES = (State.DISCOVERED, State.INSPECTED, State.MATCHED, State.DEPLOYING, State.DEPLOYED)
 
 
 class Progress:
@@ -127,16 +131,68 @@ class Progress:
             )
         return _format(rows)
 
-    def summary(self) -> str:
+    def seconds(self, vm: str) -> dict[str, float]:
+        """Each step of ``vm`` as seconds from its power-on."""
+        start = self.powered_on.get(vm)
+        if start is None:
+            return {}
+        return {s: round(max(0.0, ts - start), 1) for s, ts in self.steps[vm]}
+
+    def why_not_installed(self, vm: VmSpec) -> str | None:
+        """None when ``vm``'s node is installed, else what holds it, in words."""
+        n = self.nodes.get(vm.name)
+        if n is None:
+            return "never reached ztpd (no DHCP or boot request): see its console.log"
+        if n.state in INSTALLED:
+            return None
+        if n.state == State.FAILED:
+            return f"failed in {n.failed_from}: {n.reason or 'no reason recorded'}"
+        if n.state == State.AWAITING_APPROVAL:
+            return f"held by profile {n.profile} until an operator approves node {n.id}"
+        if n.state == State.UNMATCHED:
+            return f"no profile fits: {n.reason or 'no reason recorded'}"
+        return f"still {n.state} when following stopped"
+
+    def timings(self) -> dict[str, Any]:
+        """Per VM: shape, firmware, node, profile, state, reason, seconds to every step."""
         self.poll()
-        lines = ["summary (seconds from power-on):"]
+        out: dict[str, Any] = {}
         for v in self.vms:
             n = self.nodes.get(v.name)
-            state = n.state if n else "not seen by ztpd"
-            profile = (n.profile or "-") if n else "-"
-            steps = ", ".join(f"{s} {self._since(v.name, ts)}" for s, ts in self.steps[v.name])
-            lines.append(f"  {v.name}: {state}, profile {profile}; {steps or 'no steps'}")
-        return "\n".join(lines) + "\n"
+            out[v.name] = {
+                "firmware": v.firmware,
+                "shape": v.shape.name,
+                "node": n.id if n else None,
+                "profile": n.profile if n else None,
+                "state": n.state if n else None,
+                "reason": self.why_not_installed(v),
+                "seconds": self.seconds(v.name),
+            }
+        return out
+
+    def summary(self) -> str:
+        self.poll()
+        head = ["VM", "FIRMWARE", "SHAPE", "PROFILE", "STATE", *(p.value for p in PHASES)]
+        rows, reasons = [head], []
+        for v in self.vms:
+            n = self.nodes.get(v.name)
+            secs = self.seconds(v.name)
+            rows.append(
+                [
+                    v.name,
+                    v.firmware,
+                    v.shape.name,
+                    (n.profile or "-") if n else "-",
+                    n.state if n else "(not seen)",
+                    *(f"{secs[p]:.1f}s" if p in secs else "-" for p in PHASES),
+                ]
+            )
+            why = self.why_not_installed(v)
+            if why is not None:
+                reasons.append(f"  {v.name}: {why}\n")
+        done = len(self.vms) - len(reasons)
+        title = f"summary: {done} of {len(self.vms)} nodes installed (seconds from power-on)\n"
+        return title + _format(rows) + "".join(reasons)
 
 
 def _format(rows: list[list[str]]) -> str:
