@@ -8,7 +8,12 @@ which node is speaking.
                                v1 inventory (application/json). Stored as the next version.
     POST /agent/v1/log         a chunk of the agent's console log (text/plain, X-Log-Offset)
     POST /agent/v1/heartbeat   {"boot", "stage"}; keeps an inspecting node's silence deadline off
-    GET  /agent/v1/next        {"action": wait|reboot|poweroff, "interval": seconds}
+    GET  /agent/v1/next        {"action": wait|reboot|poweroff|write-image, "interval": seconds}
+                               a matched node's agent is told to reboot (its PXE boot then
+                               serves the install); a deploying one gets write-image with
+                               what to write where (ztpd/install/deploy.py)
+    POST /agent/v1/deploy      {"status": progress|written|failed, ...}: the image write's
+                               progress and outcome (ztpd/install/deploy.py); 409 unless deploying
     GET  /api/v1/nodes/{id}/agent-log   the console log (operator-facing, behind ``guard``)
 
 Bad input gets a 4xx naming what was wrong and an event on the node; a rejected inventory
@@ -28,7 +33,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pydantic
 from aiohttp import web
@@ -38,6 +43,7 @@ from ztpd.identity import Identity
 from ztpd.inventory.collect import Bundle, collect, identity
 from ztpd.inventory.schema import Inventory
 from ztpd.lifecycle import Lifecycle, State, Trigger
+from ztpd.model import Node
 from ztpd.store import Nodes, Store
 from ztpd.tokens import Tokens
 
@@ -55,6 +61,14 @@ BUNDLE_BASE64 = "application/x-ztpd-bundle+base64"
 ACTIONS = frozenset({"wait", "reboot", "poweroff"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class DeployHook(Protocol):
+    """Image deploy's agent side (``ztpd.install.deploy.ImageDeploy``)."""
+
+    def action(self, node: Node) -> dict[str, Any]: ...
+
+    def report(self, node_id: int, doc: dict[str, Any]) -> None: ...
 
 
 class TooMany(Exception):
@@ -95,6 +109,7 @@ class AgentService:
         silence: float,
         heartbeat: float = 10.0,
         on_heartbeat: Callable[[], None] | None = None,
+        deploy: DeployHook | None = None,
     ) -> None:
         self.store = store
         self.lifecycle = lifecycle
@@ -103,6 +118,7 @@ class AgentService:
         self.silence = silence
         self.heartbeat_interval = heartbeat
         self._on_heartbeat = on_heartbeat
+        self.deploy = deploy
         self._beats = _Limiter(MIN_HEARTBEAT_GAP, {})
         self._noted = _Limiter(1.0, {})
 
@@ -254,16 +270,21 @@ class AgentService:
         return have
 
     def next_action(self, node_id: int) -> dict[str, Any]:
-        """The action ordered for the agent (delivered once), else poweroff for a retired node,
-        else wait."""
+        """The action ordered for the agent (delivered once), else what the node's state asks
+        for: poweroff when retired, reboot when matched (to PXE boot its install), the image
+        write when deploying; else wait."""
         with self.store.transaction() as conn:
             row = self.store.query_one("SELECT action FROM agents WHERE node_id = ?", (node_id,))
             action = row["action"] if row and row["action"] else None
             if action:
                 conn.execute("UPDATE agents SET action = NULL WHERE node_id = ?", (node_id,))
-        if action is None:
-            action = "poweroff" if self.nodes.get(node_id).state == State.RETIRED else "wait"
-        return {"action": action, "interval": self.heartbeat_interval}
+        if action is not None:
+            return {"action": action, "interval": self.heartbeat_interval}
+        node = self.nodes.get(node_id)
+        if node.state == State.DEPLOYING and self.deploy is not None:
+            return {**self.deploy.action(node), "interval": self.heartbeat_interval}
+        action = {State.RETIRED: "poweroff", State.MATCHED: "reboot"}.get(State(node.state))
+        return {"action": action or "wait", "interval": self.heartbeat_interval}
 
     def order(self, node_id: int, action: str) -> None:
         """Queue ``action`` for the node's agent (its next poll gets it)."""
@@ -450,6 +471,23 @@ async def get_next(request: web.Request) -> web.Response:
     return web.json_response(await asyncio.to_thread(service.next_action, node_id))
 
 
+async def post_deploy(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    node_id = await _authenticate(request)
+    body = await _body(request, node_id, 4096)
+    try:
+        doc = json.loads(body or b"{}")
+    except ValueError as e:
+        raise BadRequest(f"deploy report is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("deploy report must be a JSON object")
+    if service.deploy is None:
+        raise NotFound("image deploy is not enabled on this ztpd")
+    await asyncio.to_thread(service.deploy.report, node_id, doc)
+    await asyncio.to_thread(service.seen, node_id, request.remote)
+    return web.json_response({"ok": True})
+
+
 async def get_log(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     raw = request.match_info["node"]
@@ -471,4 +509,5 @@ def add_agent_routes(
     app.router.add_post(f"{PREFIX}/log", post_log)
     app.router.add_post(f"{PREFIX}/heartbeat", post_heartbeat)
     app.router.add_get(f"{PREFIX}/next", get_next)
+    app.router.add_post(f"{PREFIX}/deploy", post_deploy)
     app.router.add_get("/api/v1/nodes/{node}/agent-log", guard(get_log))

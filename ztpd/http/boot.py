@@ -290,13 +290,14 @@ class Boot:
     ) -> tuple[str, Any, dict[str, Any]]:
         """(template, what to do once it rendered, extra event detail); fills ``context``."""
         ttl = self.config.token_ttl
+        # The discovery kernel and initrd: discovery boots them, and so does the image writer.
+        agent = {
+            "kernel_url": self.file_url(self.config.discovery_kernel, node),
+            "initrd_url": self.file_url(self.config.discovery_initrd, node),
+            "args": self.config.discovery_args,
+        }
         if kind == "discovery":
-            context.update(
-                kernel_url=self.file_url(self.config.discovery_kernel, node),
-                initrd_url=self.file_url(self.config.discovery_initrd, node),
-                args=self.config.discovery_args,
-                token=self.backend.token(node, "agent", ttl),
-            )
+            context.update(agent, token=self.backend.token(node, "agent", ttl))
             start = self.backend.start_inspection if node.state in STARTS_INSPECTION else None
             return "discovery.ipxe.j2", start, {}
         if kind == "install":
@@ -305,6 +306,8 @@ class Boot:
             name = f"install/{method}.ipxe.j2"
             if method is not None and self.templates.has(name):
                 context["token"] = self.backend.token(node, "install", ttl)
+                if method == "image":
+                    context.update(agent, agent_token=self.backend.token(node, "agent", ttl))
                 return name, self.backend.start_install, {"method": method}
             why = f"install method {method or '(none)'} is not available yet"
             log.warning(

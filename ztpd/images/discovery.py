@@ -63,8 +63,12 @@ PACKAGES = (
     "liblzma5",
     "liblz4-1",
     "libzstd1",
+    "zstd",  # the agent decompresses raw.zst images
+    "zlib1g",
+    "libstdc++6",
+    "libgcc-s1",
 )
-TOOLS = ("usr/sbin/dmidecode", "usr/bin/ipmitool", "usr/bin/tcpdump")
+TOOLS = ("usr/sbin/dmidecode", "usr/bin/ipmitool", "usr/bin/tcpdump", "usr/bin/zstd")
 # Drivers for the NICs and storage controllers found in servers, VMs and clouds; the init loads
 # whichever the hardware's modalias asks for. Dependencies are added from modules.dep.
 MODULES = (
@@ -79,6 +83,8 @@ MODULES = (
     "xhci_pci", "ehci_pci", "usb_storage", "uas",
     # the BMC (ipmitool) and UEFI variables (secure boot state)
     "ipmi_si", "ipmi_devintf", "ipmi_ssif", "efivarfs",
+    # the image writer mounts the written root filesystem to put the cloud-init seed in
+    "ext4", "crc32c_generic",
 )  # fmt: skip
 SOURCES = {"init": 0o755, "bin/ztpd-agent": 0o755, "etc/udhcpc.script": 0o755}
 _SOURCE_FILES = {"init": "init", "bin/ztpd-agent": "agent", "etc/udhcpc.script": "udhcpc.script"}

@@ -1,0 +1,212 @@
+"""Image deploy through the discovery agent (``os.method: image``).
+
+A matched node's PXE boot gets ``install/image.ipxe.j2``: the discovery kernel and initrd with
+``ztpd.mode=deploy`` and an agent token; the node is now ``deploying``. The agent skips the
+inventory and polls ``GET /agent/v1/next``; the first poll of this stay in ``deploying`` gets
+(once: a lost answer ends in the ``deploying`` timeout, never in a second write)::
+
+    {"action": "write-image", "image": "debian-12", "url": "<base>/files/os/debian-12/...",
+     "format": "raw.zst", "sha256": "<of the file served>", "size": <bytes served>,
+     "disk_bytes": <bytes it needs on disk>, "disk": "/dev/vda", "disk_serial": "...",
+     "disk_wwn": "...", "seed_url": "<base>/install/<node>/<token>/", "interval": 10}
+
+``disk`` is what ``rootdisk.choose`` picks from the node's latest inventory with the profile's
+``os.root_disk`` hints and ``min_size`` raised to ``disk_bytes``; the agent finds it by serial,
+else WWN, else kernel name. No fitting disk, or an image that is not registered, fails the node
+with the reason instead (the agent is told ``wait``). The seed URL carries a fresh ``install``
+token: the agent fetches ``user-data``, ``meta-data`` and ``network-config`` from it into the
+image's ``/var/lib/cloud/seed/nocloud/``, and the installed system's first boot posts its SSH
+host keys to ``<seed_url>firstboot`` (``ztpd.http.install``): only then is the node deployed.
+
+The agent reports on ``POST /agent/v1/deploy`` (JSON)::
+
+    {"status": "progress", "bytes": <written>, "percent": 0-100, "rate": <bytes/s>}
+    {"status": "written"}                  verified, seed written; the agent reboots
+    {"status": "failed", "message": "..."} the node fails with it; the agent does not reboot
+
+Progress lands in the node's ``facts.install_progress`` and in ``install`` events.
+
+Images are registered by their manifest, ``<images>/os/<name>/manifest.json`` (what
+``ztpd.images.osimage`` writes: sha256 and size per file). Of the files it lists, the agent gets
+``<name>.raw.zst``, else ``<name>.raw.gz``, else ``<name>.raw``; ``<name>.raw`` must be listed
+for its size (the bytes the disk needs). qcow2 is not supported: convert it to raw first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ztpd.errors import BadRequest, Conflict, NotFound
+from ztpd.images import osimage
+from ztpd.install.backend import PURPOSE, StoreInstallBackend
+from ztpd.install.rootdisk import choose
+from ztpd.lifecycle import State
+from ztpd.model import Node
+
+log = logging.getLogger("ztpd.install.deploy")
+
+# What the agent can write, most compact first: (file suffix, format name).
+FORMATS = ((".raw.zst", "raw.zst"), (".raw.gz", "raw.gz"), (".raw", "raw"))
+STATUSES = ("progress", "written", "failed")
+MAX_MESSAGE = 500
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    name: str
+    path: str  # relative to images_dir: what /files/ serves
+    format: str
+    sha256: str
+    size: int  # of the file served
+    disk_bytes: int  # of the raw image: what the disk must hold
+
+
+def find_image(images_dir: Path, name: str) -> ImageSource:
+    """The registered image ``name`` in its most compact format; NotFound if not registered."""
+    image = osimage.cached(images_dir, name)
+    if image is None:
+        raise NotFound(
+            f"image {name} is not registered (no complete {osimage.OS_DIR}/{name}/"
+            f"{osimage.MANIFEST} in {images_dir})"
+        )
+    try:
+        raw = image.file(".raw")
+    except NotFound:
+        raise NotFound(f"image {name}: its manifest lists no {name}.raw (its size)") from None
+    for suffix, fmt in FORMATS:
+        try:
+            f = image.file(suffix)
+        except NotFound:
+            continue
+        path = f"{osimage.OS_DIR}/{name}/{f.name}"
+        return ImageSource(name, path, fmt, f.sha256, f.size, raw.size)
+    raise NotFound(f"image {name} has no file the agent can write")  # pragma: no cover
+
+
+def write_image_action(
+    node: Node, backend: StoreInstallBackend, images_dir: Path, base_url: str, seed_url: str
+) -> dict[str, Any]:
+    """The write-image payload for ``node`` (pure but for reading the inventory and the image
+    manifest); NotFound with the reason when there is nothing to write or nowhere to write it."""
+    os_ = backend.os_for(node)
+    if os_ is None or os_.method != "image" or not os_.image:
+        raise NotFound(f"profile {node.profile or '(none)'} deploys no image")
+    image = find_image(images_dir, os_.image)
+    hints = os_.root_disk
+    if hints.min_size is None or hints.min_size < image.disk_bytes:
+        hints = hints.model_copy(update={"min_size": image.disk_bytes})
+    inventory = backend.inventory(node)
+    try:
+        disk = choose(hints, inventory.disks if inventory is not None else [])
+    except NotFound as e:
+        raise NotFound(f"image {image.name} needs {image.disk_bytes} bytes: {e.message}") from None
+    return {
+        "action": "write-image",
+        "image": image.name,
+        "url": f"{base_url.rstrip('/')}/files/{image.path}?node={node.id}",
+        "format": image.format,
+        "sha256": image.sha256,
+        "size": image.size,
+        "disk_bytes": image.disk_bytes,
+        "disk": disk.name,
+        "disk_serial": disk.serial or "",
+        "disk_wwn": disk.wwn or "",
+        "seed_url": seed_url,
+    }
+
+
+def _int(doc: dict[str, Any], key: str) -> int | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BadRequest(f"deploy report: {key} must be a non-negative integer")
+    return value
+
+
+class ImageDeploy:
+    """The agent's side of image deploy, over the store-backed install backend; blocking."""
+
+    def __init__(
+        self, backend: StoreInstallBackend, images_dir: Path, base_url: str, token_ttl: float
+    ) -> None:
+        self.backend = backend
+        self.images_dir = images_dir
+        self.base_url = base_url.rstrip("/")
+        self.token_ttl = token_ttl
+
+    def action(self, node: Node) -> dict[str, Any]:
+        """What a deploying node's agent does next: write-image once per stay, else wait."""
+        started = node.facts.get("image_deploy")
+        if isinstance(started, dict) and started.get("since") == node.state_since:
+            return {"action": "wait"}
+        token = self.backend.tokens.issue(node.id, PURPOSE, self.token_ttl)
+        seed_url = f"{self.base_url}/install/{node.id}/{token}/"
+        try:
+            action = write_image_action(
+                node, self.backend, self.images_dir, self.base_url, seed_url
+            )
+        except NotFound as e:
+            self.backend.tokens.revoke(node.id, PURPOSE)
+            log.warning("image deploy refused node=%s reason=%s", node.id, e.message)
+            self._fail(node.id, f"image deploy: {e.message}", {})
+            return {"action": "wait"}
+        record = {k: action[k] for k in ("image", "format", "disk", "disk_bytes", "sha256")}
+        with self.backend.store.transaction():
+            self.backend.nodes.update_facts(
+                node.id, {"image_deploy": {**record, "since": node.state_since}}
+            )
+            self.backend.event(node.id, "write-image", record)
+        log.info(
+            "image deploy ordered node=%s image=%s format=%s disk=%s",
+            node.id,
+            action["image"],
+            action["format"],
+            action["disk"],
+        )
+        return action
+
+    def report(self, node_id: int, doc: dict[str, Any]) -> None:
+        """One report from the agent; Conflict unless the node is deploying."""
+        status = doc.get("status")
+        if status not in STATUSES:
+            raise BadRequest(f"deploy report: status must be one of {', '.join(STATUSES)}")
+        node = self.backend.node(node_id)
+        if node is None or node.state != State.DEPLOYING:
+            state = node.state if node is not None else "gone"
+            raise Conflict(f"node {node_id} is {state}, not deploying")
+        message = str(doc.get("message") or "")[:MAX_MESSAGE]
+        now = time.time()
+        if status == "failed":
+            log.warning("image deploy failed node=%s message=%r", node_id, message)
+            self._fail(node_id, f"image write failed: {message or 'no message'}", {})
+            return
+        if status == "written":
+            progress: dict[str, Any] = {
+                "stage": "written",
+                "message": "image written and verified; rebooting into it",
+                "percent": 100,
+                "at": now,
+            }
+        else:
+            written, rate, percent = _int(doc, "bytes"), _int(doc, "rate"), _int(doc, "percent")
+            progress = {
+                "stage": "write-image",
+                "message": f"written {written or 0} bytes ({percent or 0}%)",
+                "bytes": written,
+                "percent": min(percent, 100) if percent is not None else None,
+                "rate": rate,
+                "at": now,
+            }
+        log.info("image deploy node=%s stage=%s percent=%s", node_id, status, progress["percent"])
+        self.backend.progress(node_id, progress, True)
+
+    def _fail(self, node_id: int, reason: str, detail: dict[str, Any]) -> None:
+        try:
+            self.backend.fail(node_id, "image", reason, detail)
+        except Conflict as e:  # it moved on meanwhile (timeout, operator)
+            log.info("image deploy fail skipped node=%s reason=%s", node_id, e.message)
