@@ -301,9 +301,15 @@ def cmd_lab(ctx: Ctx, args: argparse.Namespace) -> int:
         ctx.out,
     )
     if args.lab_cmd == "up":
-        return lab.up(args.nodes, args.firmware, args.timeout)
+        return lab.up(args.nodes, args.firmware, args.timeout, args.dhcp)
     if args.lab_cmd == "down":
         lab.down()
+        return EXIT_OK
+    if args.lab_cmd == "restart-ztpd":
+        lab.restart_ztpd(signal.SIGKILL if args.kill else signal.SIGTERM)
+        return EXIT_OK
+    if args.lab_cmd == "reboot":
+        lab.reboot(args.vm)
         return EXIT_OK
     return lab.status()
 
@@ -456,11 +462,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state", type=Path, default=Path("state/lab"), help="default state/lab")
     s.add_argument("--name", default="ztpd-lab", help="namespace prefix (default ztpd-lab)")
     s.add_argument("--port", type=int, default=8480, help="host port of the page (default 8480)")
-    lsub = s.add_subparsers(dest="lab_cmd", required=True, metavar="up|down|status")
+    lsub = s.add_subparsers(
+        dest="lab_cmd", required=True, metavar="up|down|status|restart-ztpd|reboot"
+    )
     up = lsub.add_parser("up", help="start the lab (idempotent) and follow its nodes")
     up.add_argument("--nodes", type=int, default=3, help="how many VMs (default 3)")
     up.add_argument("--firmware", choices=["bios", "uefi", "mixed"], default="mixed")
     up.add_argument("--timeout", type=float, default=900, help="seconds to follow (default 900)")
+    up.add_argument(
+        "--dhcp",
+        choices=["full", "proxy"],
+        default="full",
+        help="full: ztpd hands out addresses; proxy: dnsmasq does, ztpd only the boot",
+    )
     up.add_argument(
         "--no-discovery-build",
         action="store_true",
@@ -468,6 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lsub.add_parser("down", help="remove every namespace, process and file of the lab")
     lsub.add_parser("status", help="what the lab runs, and where its nodes are")
+    rz = lsub.add_parser("restart-ztpd", help="stop ztpd (SIGTERM) and start it again")
+    rz.add_argument("--kill", action="store_true", help="SIGKILL instead: a crash")
+    rb = lsub.add_parser("reboot", help="power-cycle a VM (it PXE boots again)")
+    rb.add_argument("vm", metavar="VM", help="e.g. vm1")
     fw = lsub.add_parser("forward")  # internal: started by `lab up` inside the lab
     fw.add_argument("--fd", type=int, required=True)
     fw.add_argument("--to", required=True)
