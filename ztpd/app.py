@@ -166,7 +166,7 @@ class Appliance:
             config.templates_dir, Mirrors(config.install.mirrors, config.install.proxy)
         )
         install_backend = StoreInstallBackend(
-            self.lifecycle, Tokens(store), catalog_os(self.catalog)
+            self.lifecycle, Tokens(store), catalog_os(self.catalog), config.install.token_ttl
         )
         add_install_routes(
             self.http_app, Install(config.http.base_url, self.install_renderer, install_backend)

@@ -313,6 +313,9 @@ class InstallConfig(Section):
     }
     # An HTTP proxy the installers use for packages, e.g. http://10.0.0.1:3142.
     proxy: str | None = None
+    # How long an install token stays valid after each use (config fetch, progress report),
+    # seconds: an installer that keeps reporting keeps it; one silent this long loses it.
+    token_ttl: Seconds = 4 * 3600
 
 
 class Config(Section):

@@ -32,20 +32,35 @@ class Tokens:
             )
         return token
 
-    def verify(self, token: str | None, purpose: str, node_id: int | None = None) -> int:
+    def verify(
+        self, token: str | None, purpose: str, node_id: int | None = None, renew: float = 0
+    ) -> int:
         """The node the token belongs to; Forbidden if it is missing, unknown, for another
-        purpose or node, or expired (the message never echoes the token)."""
+        purpose or node, or expired (the message never echoes the token).
+
+        ``renew`` > 0: a valid token then lives at least that many seconds from now, so a
+        client that keeps using it (an installer reporting progress) keeps it alive while one
+        that went silent still loses it.
+        """
         if not token:
             raise Forbidden("missing token")
+        digest = _digest(token)
         row = self.store.query_one(
-            "SELECT node_id, purpose, expires FROM tokens WHERE digest = ?", (_digest(token),)
+            "SELECT node_id, purpose, expires FROM tokens WHERE digest = ?", (digest,)
         )
         if row is None or row["purpose"] != purpose:
             raise Forbidden(f"invalid token for {purpose}")
         if node_id is not None and row["node_id"] != node_id:
             raise Forbidden(f"token belongs to another node ({purpose})")
-        if row["expires"] <= self.store.clock():
+        now = self.store.clock()
+        if row["expires"] <= now:
             raise Forbidden(f"expired token for {purpose}")
+        if renew > 0 and row["expires"] < now + renew:
+            with self.store.transaction() as conn:
+                conn.execute(
+                    "UPDATE tokens SET expires = MAX(expires, ?) WHERE digest = ?",
+                    (now + renew, digest),
+                )
         return int(row["node_id"])
 
     def revoke(self, node_id: int, purpose: str) -> None:

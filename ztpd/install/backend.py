@@ -33,18 +33,24 @@ def catalog_os(catalog: ProfileCatalog) -> Callable[[str], Os | None]:
 
 class StoreInstallBackend:
     def __init__(
-        self, lifecycle: Lifecycle, tokens: Tokens, profile_os: Callable[[str], Os | None]
+        self,
+        lifecycle: Lifecycle,
+        tokens: Tokens,
+        profile_os: Callable[[str], Os | None],
+        token_ttl: float = 0,
     ) -> None:
         """``profile_os`` maps a profile name to its ``os`` section (None: no such profile or
-        the profile installs nothing)."""
+        the profile installs nothing); each use of a valid install token renews it for
+        ``token_ttl`` seconds (``install.token_ttl``; 0: it keeps the expiry it was issued with)."""
         self.lifecycle = lifecycle
         self.nodes = lifecycle.nodes
         self.store = lifecycle.store
         self.tokens = tokens
         self._profile_os = profile_os
+        self.token_ttl = token_ttl
 
     def verify(self, token: str, node_id: int) -> None:
-        self.tokens.verify(token, PURPOSE, node_id=node_id)
+        self.tokens.verify(token, PURPOSE, node_id=node_id, renew=self.token_ttl)
 
     def node(self, node_id: int) -> Node | None:
         return self.nodes.maybe(node_id)
