@@ -44,8 +44,10 @@ from ztpd.errors import BadRequest, Conflict, NotFound
 from ztpd.images import osimage
 from ztpd.install.backend import PURPOSE, StoreInstallBackend
 from ztpd.install.rootdisk import choose
+from ztpd.inventory.schema import Inventory
 from ztpd.lifecycle import State
 from ztpd.model import Node
+from ztpd.profiles.model import RootDisk
 
 log = logging.getLogger("ztpd.install.deploy")
 
@@ -88,18 +90,18 @@ def find_image(images_dir: Path, name: str) -> ImageSource:
 
 
 def write_image_action(
-    node: Node, backend: StoreInstallBackend, images_dir: Path, base_url: str, seed_url: str
+    node_id: int,
+    hints: RootDisk,
+    inventory: Inventory | None,
+    image: ImageSource,
+    *,
+    base_url: str,
+    seed_url: str,
 ) -> dict[str, Any]:
-    """The write-image payload for ``node`` (pure but for reading the inventory and the image
-    manifest); NotFound with the reason when there is nothing to write or nowhere to write it."""
-    os_ = backend.os_for(node)
-    if os_ is None or os_.method != "image" or not os_.image:
-        raise NotFound(f"profile {node.profile or '(none)'} deploys no image")
-    image = find_image(images_dir, os_.image)
-    hints = os_.root_disk
+    """The write-image payload (pure): the root disk the hints pick among the disks that hold
+    the image. NotFound with every disk and why it was ruled out when none fits."""
     if hints.min_size is None or hints.min_size < image.disk_bytes:
         hints = hints.model_copy(update={"min_size": image.disk_bytes})
-    inventory = backend.inventory(node)
     try:
         disk = choose(hints, inventory.disks if inventory is not None else [])
     except NotFound as e:
@@ -107,7 +109,7 @@ def write_image_action(
     return {
         "action": "write-image",
         "image": image.name,
-        "url": f"{base_url.rstrip('/')}/files/{image.path}?node={node.id}",
+        "url": f"{base_url.rstrip('/')}/files/{image.path}?node={node_id}",
         "format": image.format,
         "sha256": image.sha256,
         "size": image.size,
@@ -147,8 +149,13 @@ class ImageDeploy:
         token = self.backend.tokens.issue(node.id, PURPOSE, self.token_ttl)
         seed_url = f"{self.base_url}/install/{node.id}/{token}/"
         try:
+            os_ = self.backend.os_for(node)
+            if os_ is None or os_.method != "image" or not os_.image:
+                raise NotFound(f"profile {node.profile or '(none)'} deploys no image")
+            image = find_image(self.images_dir, os_.image)
+            inventory = self.backend.inventory(node)
             action = write_image_action(
-                node, self.backend, self.images_dir, self.base_url, seed_url
+                node.id, os_.root_disk, inventory, image, base_url=self.base_url, seed_url=seed_url
             )
         except NotFound as e:
             self.backend.tokens.revoke(node.id, PURPOSE)
