@@ -29,13 +29,14 @@ from ztpd.http.install import Install, add_install_routes
 from ztpd.http.profiles_view import CatalogView
 from ztpd.http.server import HttpService, make_app
 from ztpd.images import missing as images_missing
+from ztpd.images.installers import problems as installer_problems
 from ztpd.install.backend import StoreInstallBackend, catalog_os
 from ztpd.install.deploy import ImageDeploy
 from ztpd.install.render import Mirrors, Renderer
 from ztpd.lifecycle import IN_PROGRESS, DeadlineWatcher, Lifecycle, Transition
 from ztpd.matcher import Matcher, MatchWorker
 from ztpd.metrics import Metrics
-from ztpd.profiles import ProfileCatalog
+from ztpd.profiles import ProfileCatalog, load_profiles
 from ztpd.profiles import check as profiles_check
 from ztpd.store import Store
 from ztpd.tftp import TftpService
@@ -110,6 +111,12 @@ def check(config: Config) -> CheckReport:
     report.warnings += missing
     if not missing:
         report.ok.append(f"boot files {config.images_dir}")
+    if not found:  # the installers each profile's method and release boots (warnings too)
+        os_of = {p.name: p.spec.os for p in load_profiles(config.profiles_dir).profiles}
+        gaps = installer_problems(config.images_dir, os_of)
+        report.warnings += gaps
+        if not gaps:
+            report.ok.append(f"installer files for {len(os_of)} profile(s)")
     return report
 
 

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from ztpd import __version__, config, images, log, profiles
 from ztpd.app import Appliance, check, make_lifecycle, open_store
 from ztpd.errors import ConfigError, StoreError, ZtpdError
-from ztpd.images import discovery
+from ztpd.images import discovery, installers
 from ztpd.lab import Lab, Settings
 from ztpd.lab import forward as lab_forward
 from ztpd.lifecycle import Trigger
@@ -174,6 +174,9 @@ def cmd_images(ctx: Ctx, args: argparse.Namespace) -> int:
         built = discovery.build(ctx.config.images_dir, refresh=args.refresh).to_dict()
     else:
         built = images.fetch(ctx.config.images_dir, refresh=args.refresh).to_dict()
+        for release, got in installers.fetch(ctx.config.images_dir, refresh=args.refresh).items():
+            for name, entry in got.files.items():
+                built["files"][f"{installers.INSTALLERS}/{release}/{name}"] = entry
     if args.json:
         _json(built, ctx.out)
     else:
@@ -364,8 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch the boot loaders, build the discovery image",
         description="fetch: take the iPXE loaders (undionly.kpxe, ipxe.efi, snponly.efi) from "
         "Debian's ipxe package (apt-get download + dpkg -x), record their sha256 in "
-        "images_dir/manifest.json. build: assemble the discovery kernel and initrd from Debian "
-        "packages (images_dir/discovery/). Both re-run offline from their cached packages.",
+        "images_dir/manifest.json; and the installers Debian packages carry (the netboot "
+        "installer into images_dir/installers/debian-12/). build: assemble the discovery "
+        "kernel and initrd from Debian packages (images_dir/discovery/). Both re-run offline "
+        "from their cached packages.",
     )
     s.add_argument("images_cmd", choices=["fetch", "build"], metavar="fetch|build")
     s.add_argument("--refresh", action="store_true", help="download the package again")

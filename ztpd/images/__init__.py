@@ -94,48 +94,61 @@ def run(
     return done.stdout
 
 
-def cached_deb(cache: Path) -> Path | None:
-    """The newest cached ``ipxe_*.deb``, if any."""
-    debs = sorted(cache.glob(f"{PACKAGE}_*.deb"), key=lambda p: p.stat().st_mtime)
+def cached_deb(cache: Path, package: str = PACKAGE) -> Path | None:
+    """The newest cached ``<package>_*.deb``, if any."""
+    debs = sorted(cache.glob(f"{package}_*.deb"), key=lambda p: p.stat().st_mtime)
     return debs[-1] if debs else None
+
+
+def download(cache: Path, package: str, *, refresh: bool = False) -> Path:
+    """``package``'s .deb in ``cache``: the cached one, or ``apt-get download`` it."""
+    cache.mkdir(parents=True, exist_ok=True)
+    deb = None if refresh else cached_deb(cache, package)
+    if deb is not None:
+        log.info("images reuse deb=%s", deb)
+        return deb
+    log.info("images download package=%s cache=%s", package, cache)
+    run(["apt-get", "download", package], cwd=cache, timeout=1800)
+    deb = cached_deb(cache, package)
+    if deb is None:
+        raise ZtpdError(f"images: apt-get download {package} left no .deb in {cache}")
+    return deb
+
+
+def unpack(deb: Path, files: dict[str, str], dest: Path) -> Manifest:
+    """Copy ``files`` (name in ``dest`` → path inside ``deb``) into ``dest`` and write its
+    manifest: the package, its version and each file's sha256 and size."""
+    package = run(["dpkg-deb", "--field", str(deb), "Package"]).strip()
+    version = run(["dpkg-deb", "--field", str(deb), "Version"]).strip()
+    dest.mkdir(parents=True, exist_ok=True)
+    recorded: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="ztpd-deb-") as tmp:
+        run(["dpkg", "-x", str(deb), tmp], timeout=900)
+        for name, inside in files.items():
+            src = Path(tmp) / inside
+            if not src.is_file() or src.is_symlink():
+                raise ZtpdError(f"images: {deb.name} has no regular file {inside}")
+            # Copy beside the target and rename, so a transfer never reads a partial file.
+            part = dest / f".{name}.part"
+            shutil.copyfile(src, part)
+            os.replace(part, dest / name)
+            recorded[name] = {
+                "sha256": sha256(dest / name),
+                "size": (dest / name).stat().st_size,
+                "from": inside,
+            }
+    manifest = Manifest(package, version, deb.name, recorded)
+    part = dest / f".{MANIFEST}.part"
+    part.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
+    os.replace(part, dest / MANIFEST)
+    log.info("images ready package=%s version=%s files=%s", package, version, ",".join(files))
+    return manifest
 
 
 def fetch(images_dir: Path, *, refresh: bool = False) -> Manifest:
     """Put the loaders into ``images_dir`` and write the manifest (download only when needed)."""
-    cache = images_dir / CACHE
-    cache.mkdir(parents=True, exist_ok=True)
-    deb = None if refresh else cached_deb(cache)
-    if deb is None:
-        log.info("images download package=%s cache=%s", PACKAGE, cache)
-        run(["apt-get", "download", PACKAGE], cwd=cache)
-        deb = cached_deb(cache)
-        if deb is None:
-            raise ZtpdError(f"images: apt-get download {PACKAGE} left no .deb in {cache}")
-    else:
-        log.info("images reuse deb=%s", deb)
-    version = run(["dpkg-deb", "--field", str(deb), "Version"]).strip()
-    files: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="ztpd-ipxe-") as tmp:
-        run(["dpkg", "-x", str(deb), tmp])
-        for name, inside in LOADERS.items():
-            src = Path(tmp) / inside
-            if not src.is_file() or src.is_symlink():
-                raise ZtpdError(f"images: {deb.name} has no regular file {inside}")
-            # Copy beside the target and rename, so a TFTP transfer never reads a partial file.
-            part = images_dir / f".{name}.part"
-            shutil.copyfile(src, part)
-            os.replace(part, images_dir / name)
-            files[name] = {
-                "sha256": sha256(images_dir / name),
-                "size": (images_dir / name).stat().st_size,
-                "from": inside,
-            }
-    manifest = Manifest(PACKAGE, version, deb.name, files)
-    part = images_dir / f".{MANIFEST}.part"
-    part.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
-    os.replace(part, images_dir / MANIFEST)
-    log.info("images ready package=%s version=%s files=%s", PACKAGE, version, ",".join(files))
-    return manifest
+    deb = download(images_dir / CACHE, PACKAGE, refresh=refresh)
+    return unpack(deb, LOADERS, images_dir)
 
 
 def _safe_relative(name: str) -> bool:
@@ -143,8 +156,11 @@ def _safe_relative(name: str) -> bool:
     return bool(name) and not p.is_absolute() and ".." not in p.parts
 
 
-def missing(images_dir: Path, names: Iterable[str]) -> list[str]:
-    """Problems, one per configured boot file that is not a regular file inside ``images_dir``.
+def missing(
+    images_dir: Path, names: Iterable[str], hint: str = "run `ztpd images fetch` or `make images`"
+) -> list[str]:
+    """Problems, one per configured boot file that is not a regular file inside ``images_dir``
+    (``hint`` says how to get it).
 
     Also checks a file against the manifest's sha256 when the manifest lists it, so a loader
     that was replaced or truncated is reported too.
@@ -163,13 +179,10 @@ def missing(images_dir: Path, names: Iterable[str]) -> list[str]:
         if not _safe_relative(name) or not path.resolve().is_relative_to(root):
             problems.append(f"boot file {name!r} is not inside {images_dir}")
         elif not path.is_file():
-            problems.append(
-                f"boot file {name!r} is missing from {images_dir} "
-                "(run `ztpd images fetch` or `make images`)"
-            )
+            problems.append(f"boot file {name!r} is missing from {images_dir} ({hint})")
         elif name in recorded and sha256(path) != recorded[name].get("sha256"):
             problems.append(
                 f"boot file {name!r} in {images_dir} does not match the sha256 in "
-                f"{MANIFEST} (run `ztpd images fetch` again)"
+                f"{MANIFEST} ({hint})"
             )
     return problems
