@@ -128,7 +128,7 @@ def start_dnsmasq(ns: Netns, state: Path) -> None:
     wait_for(lambda: ":67 " in ns.run(["ss", "-uln"]).stdout, "dnsmasq on port 67")
 
 
-def perfdhcp(ns: Netns, rate: int, seconds: float, base: int) -> Step:
+def perfdhcp(ns: Netns, rate: int, seconds: int, base: int) -> Step:
     mac = ":".join(f"{b:02x}" for b in (0x02, 0x0C, base, 0, 0, 0))
     r = ns.run(
         [
@@ -176,7 +176,7 @@ def server_lan(name: str) -> Iterator[tuple[Netns, Netns, Path]]:
 STARTERS = {"kea": start_kea, "ztpd": start_ztpd, "dnsmasq": start_dnsmasq}
 
 
-def ramp(name: str, rates: list[int], seconds: float) -> list[Step]:
+def ramp(name: str, rates: list[int], seconds: int) -> list[Step]:
     steps: list[Step] = []
     with server_lan(name) as (srv, cli, state):
         STARTERS[name](srv, state)
@@ -205,7 +205,7 @@ def main() -> None:
     require("perfdhcp", "kea-dhcp4", "dnsmasq", "ss")
     p = argparse.ArgumentParser()
     p.add_argument("--rates", default="250,500,1000,1500,2000,3000,4000")
-    p.add_argument("--seconds", type=float, default=4)
+    p.add_argument("--seconds", type=int, default=4)  # perfdhcp -p takes whole seconds
     p.add_argument("--servers", default="kea,ztpd,dnsmasq")
     a = p.parse_args()
     rates = [int(x) for x in a.rates.split(",")]

@@ -24,6 +24,9 @@ class MemoryBackend:
     def record_sightings(self, sightings: Sequence[Sighting]) -> None:
         self.sightings.extend(sightings)
 
+    def close(self) -> None:
+        pass
+
 
 class BrokenBackend(MemoryBackend):
     def save_leases(self, leases: Sequence[Lease]) -> None:

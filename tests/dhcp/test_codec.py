@@ -26,7 +26,9 @@ def request(*options: object, **header: object) -> bytes:
 GOOD = request(("message-type", "discover"))
 
 
-def raw(body: bytes = b"\x35\x01\x01\xff", **over: int) -> bytes:
+def raw(
+    body: bytes = b"\x35\x01\x01\xff", *, sname: bytes = b"", file: bytes = b"", **over: int
+) -> bytes:
     head = bytearray(
         codec.HEADER.pack(
             1,
@@ -41,8 +43,8 @@ def raw(body: bytes = b"\x35\x01\x01\xff", **over: int) -> bytes:
             bytes(4),
             bytes(4),
             MAC.ljust(16, b"\0"),
-            bytes(64),
-            bytes(128),
+            sname.ljust(64, b"\0"),
+            file.ljust(128, b"\0"),
             b"\x63\x82\x53\x63",
         )
     )
@@ -57,7 +59,20 @@ def raw(body: bytes = b"\x35\x01\x01\xff", **over: int) -> bytes:
         (GOOD[:100], "truncated"),
         (raw()[:236] + b"\x00\x00\x00\x00" + raw()[240:], "wrong magic cookie"),
         (raw(b"\x35\x01\x01\x0c\x20abc"), "option 12 runs past the end"),
-        (raw(b"\x35\x01\x01\x34\x01\x03\xff"), "option overload"),
+        (raw(b"\x35\x01\x01\x34\x01\x04\xff"), "malformed option overload 04"),
+        (raw(b"\x35\x01\x01\x34\x02\x01\x01\xff"), "malformed option overload 0101"),
+        (
+            raw(b"\x35\x01\x01\x34\x01\x01\xff", file=bytes(125) + b"\x0c\x05a"),
+            "option 12 runs past the end (option overload, in the file)",
+        ),
+        (
+            raw(b"\x35\x01\x01\x34\x01\x02\xff", sname=b"\x34\x01\x01"),
+            "duplicate option 52 (option overload, in the sname)",
+        ),
+        (
+            raw(b"\x35\x01\x01\x34\x01\x03\xff", file=b"\xff", sname=b"\x35\x01\x03"),
+            "duplicate option 53 (option overload, in the sname)",
+        ),
         (raw(o2=200), "absurd hlen 200"),
         (raw(b"\x35\x01\x01\x35\x01\x01\xff"), "duplicate option 53"),
         (raw(b"\xff"), "no message type"),
@@ -65,6 +80,8 @@ def raw(body: bytes = b"\x35\x01\x01\xff", **over: int) -> bytes:
         (raw(o0=2), "not a BOOTREQUEST"),
         (raw(b"\x35\x01\x01\x5d\x03\x00\x07\x00\xff"), "option 93 has an odd length"),
         (raw(b"\x35\x01\x01\x52\x03\x01\x05a\xff"), "malformed option 82"),
+        (raw(b"\x35\x01\x01\x52\x04\x05\x02\x0a\x00\xff"), "option 82.5 is not one address"),
+        (raw(b"\x35\x01\x01\x76\x03\x0a\x00\x00\xff"), "option 118 is not one address"),
         (raw(b"\x35\x01\x01\x32\x03\x0a\x00\x00\xff"), "option 50 is not one address"),
         (GOOD + bytes(1400), "oversized"),
     ],

@@ -35,3 +35,7 @@ class DhcpBackend(Protocol):
     def record_sightings(self, sightings: Sequence[Sighting]) -> None:
         """Record boot facts on each machine's node, creating nodes in ``discovered``."""
         ...
+
+    def close(self) -> None:
+        """Release what the backend holds; the service calls it when it stops."""
+        ...

@@ -17,8 +17,8 @@ from ztpd.dhcp.packet import (
     CLIENT_MESSAGES,
     MAGIC_COOKIE,
     RELAY_CIRCUIT_ID,
+    RELAY_LINK_SELECTION,
     RELAY_REMOTE_ID,
-    Msg,
     Op,
     Reply,
     Request,
@@ -47,28 +47,66 @@ def _ip(b: bytes) -> str:
     return socket.inet_ntoa(b)
 
 
-def _parse_options(buf: bytes, mac: str, xid: int) -> list[tuple[int, bytes]]:
-    out: list[tuple[int, bytes]] = []
-    seen: set[int] = set()
-    i, n = 0, len(buf)
-    while i < n:
-        code = buf[i]
+# Options whose value has a fixed size: a second instance is a duplicate, never the rest of a
+# split option (RFC 3396 splits only options that may outgrow 255 bytes).
+SINGLE = frozenset(
+    {
+        Op.OVERLOAD,
+        Op.MESSAGE_TYPE,
+        Op.REQUESTED_IP,
+        Op.SERVER_ID,
+        Op.MAX_SIZE,
+        Op.SUBNET_SELECTION,
+    }
+)
+SNAME, FILE = (44, 108), (108, 236)  # where the BOOTP sname and file fields lie in a packet
+OVERLOAD_FIELDS = {1: (FILE,), 2: (SNAME,), 3: (FILE, SNAME)}  # RFC 3396 §5: file, then sname
+CLIENT_MSG = {int(m): m for m in CLIENT_MESSAGES}  # Msg(n) costs an enum lookup per packet
+
+
+def _scan(
+    data: bytes, start: int, end: int, into: dict[int, bytes], *, where: str, mac: str, xid: int
+) -> None:
+    """Add the options in ``data[start:end]`` to ``into``; an option seen before is the
+    continuation of a split one and is concatenated to it (RFC 3396)."""
+    i = start
+    while i < end:
+        code = data[i]
         if code == Op.END:
-            break
+            return
         if code == Op.PAD:
             i += 1
             continue
-        if i + 1 >= n:
-            raise DecodeError(f"option {code} has no length", mac=mac, xid=xid)
-        length = buf[i + 1]
-        if i + 2 + length > n:
-            raise DecodeError(f"option {code} runs past the end", mac=mac, xid=xid)
-        if code in seen:
-            raise DecodeError(f"duplicate option {code}", mac=mac, xid=xid)
-        seen.add(code)
-        out.append((code, buf[i + 2 : i + 2 + length]))
-        i += 2 + length
-    return out
+        if i + 1 >= end:
+            raise DecodeError(f"option {code} has no length{where}", mac=mac, xid=xid)
+        j = i + 2 + data[i + 1]
+        if j > end:
+            raise DecodeError(f"option {code} runs past the end{where}", mac=mac, xid=xid)
+        old = into.get(code)
+        if old is None:
+            into[code] = data[i + 2 : j]
+        elif code in SINGLE:
+            raise DecodeError(f"duplicate option {code}{where}", mac=mac, xid=xid)
+        else:
+            into[code] = old + data[i + 2 : j]
+        i = j
+
+
+def _options(data: bytes, mac: str, xid: int) -> dict[int, bytes]:
+    """Every option by code, in order of first appearance: the options field, then the file
+    and sname fields when option 52 says they hold options too (RFC 2132 §9.3, RFC 3396)."""
+    by: dict[int, bytes] = {}
+    _scan(data, HEADER_LEN, len(data), by, where="", mac=mac, xid=xid)
+    overload = by.get(Op.OVERLOAD)
+    if overload is None:
+        return by
+    fields = OVERLOAD_FIELDS.get(overload[0]) if len(overload) == 1 else None
+    if fields is None:
+        raise DecodeError(f"malformed option overload {overload.hex()}", mac=mac, xid=xid)
+    for start, end in fields:
+        where = " (option overload, in the " + ("file" if start == FILE[0] else "sname") + ")"
+        _scan(data, start, end, by, where=where, mac=mac, xid=xid)
+    return by
 
 
 def _sub_options(raw: bytes) -> dict[int, bytes] | None:
@@ -125,7 +163,7 @@ def decode(data: bytes) -> Request:
     ) = HEADER.unpack_from(data)
     if hlen == 0 or hlen > 16:
         raise DecodeError(f"absurd hlen {hlen}", xid=xid)
-    mac = ":".join(f"{b:02x}" for b in chaddr[:hlen])
+    mac = chaddr[:hlen].hex(":")
     if op != BOOTREQUEST:
         raise DecodeError(f"not a BOOTREQUEST (op {op})", mac=mac, xid=xid)
     if htype != 1 or hlen != 6:
@@ -134,14 +172,12 @@ def decode(data: bytes) -> Request:
         raise DecodeError("wrong magic cookie", mac=mac, xid=xid)
     if hops > 16:
         raise DecodeError(f"too many relay hops {hops}", mac=mac, xid=xid)
-    opts = _parse_options(data[HEADER_LEN:], mac, xid)
-    by = dict(opts)
-    if Op.OVERLOAD in by:
-        raise DecodeError("option overload is not accepted in requests", mac=mac, xid=xid)
+    by = _options(data, mac, xid)
     mt = by.get(Op.MESSAGE_TYPE)
     if mt is None or len(mt) != 1:
         raise DecodeError("no message type", mac=mac, xid=xid)
-    if mt[0] not in CLIENT_MESSAGES:
+    msg = CLIENT_MSG.get(mt[0])
+    if msg is None:
         raise DecodeError(f"not a client message type {mt[0]}", mac=mac, xid=xid)
 
     def ip_opt(code: int) -> str | None:
@@ -157,12 +193,16 @@ def decode(data: bytes) -> Request:
         if len(raw) % 2 or not raw:
             raise DecodeError("option 93 has an odd length", mac=mac, xid=xid)
         arch = struct.unpack(f"!{len(raw) // 2}H", raw)
-    circuit = remote = None
+    circuit = remote = link = None
     if (relay := by.get(Op.RELAY_AGENT)) is not None:
         subs = _sub_options(relay)
         if subs is None:
             raise DecodeError("malformed option 82", mac=mac, xid=xid)
         circuit, remote = subs.get(RELAY_CIRCUIT_ID), subs.get(RELAY_REMOTE_ID)
+        if (raw := subs.get(RELAY_LINK_SELECTION)) is not None:
+            if len(raw) != 4:
+                raise DecodeError("option 82.5 is not one address", mac=mac, xid=xid)
+            link = _ip(raw)
     max_size = None
     if (raw := by.get(Op.MAX_SIZE)) is not None:
         if len(raw) != 2:
@@ -174,7 +214,7 @@ def decode(data: bytes) -> Request:
     return Request(
         xid=xid,
         mac=mac,
-        message_type=Msg(mt[0]),
+        message_type=msg,
         htype=htype,
         hlen=hlen,
         hops=hops,
@@ -196,11 +236,13 @@ def decode(data: bytes) -> Request:
         circuit_id=circuit,
         remote_id=remote,
         relay_agent=relay,
+        link_selection=link,
+        subnet_selection=ip_opt(Op.SUBNET_SELECTION),
         client_arch=arch,
         client_ndi=by.get(Op.CLIENT_NDI),
         client_uuid=by.get(Op.CLIENT_UUID),
         ipxe=by.get(Op.IPXE),
-        options=tuple(opts),
+        options=tuple(by.items()),
     )
 
 

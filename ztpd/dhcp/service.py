@@ -1,10 +1,10 @@
 """The DHCP service: sockets on the configured interfaces, delivery, limits, durable ACKs.
 
-The datagram callback only decodes, decides (in memory) and hands off; SQLite writes run in a
-worker thread, batched: every lease change a reply depends on is committed before that reply
-is sent (group commit), so after ``kill -9`` no address can have been promised to two clients.
-Bad packets are logged (MAC, xid, reason), counted and dropped; nothing a client sends can stop
-the loop. ``counters`` is a plain Counter a /metrics endpoint can read.
+The datagram callback only decodes, decides (in memory) and hands off; every store write runs
+in the writer thread (``writer.py``): a reply that depends on a lease change is sent only once
+that change is committed (group commit), so after ``kill -9`` no address can have been promised
+to two clients. Bad packets are logged (MAC, xid, reason), counted and dropped; nothing a client
+sends can stop the loop. ``counters`` is a plain Counter a /metrics endpoint can read.
 """
 
 from __future__ import annotations
@@ -16,19 +16,19 @@ import logging
 import socket
 import struct
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Generic, TypeVar
 
 from ztpd.config import DhcpConfig
 from ztpd.dhcp import codec
 from ztpd.dhcp.backend import DhcpBackend, Sighting
 from ztpd.dhcp.boot import BootTargets
 from ztpd.dhcp.handlers import Arrival, FullHandler, Handler, Ignore, Interface, ProxyHandler
-from ztpd.dhcp.leases import Lease, LeaseBook
+from ztpd.dhcp.leases import LeaseBook
 from ztpd.dhcp.packet import CLIENT_PORT, PXE_PORT, SERVER_PORT, Msg, Reply, Request
+from ztpd.dhcp.writer import Writer
 from ztpd.errors import ConfigError
 
 log = logging.getLogger("ztpd.dhcp")
@@ -37,8 +37,6 @@ SIOCGIFADDR, SIOCGIFNETMASK, SIOCGIFHWADDR = 0x8915, 0x891B, 0x8927
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
 BROADCAST = "255.255.255.255"
-MAX_BATCH = 512  # rows per commit
-MAX_PENDING_SIGHTINGS = 10_000  # beyond this, sightings are dropped (and counted)
 SIGHTING_REFRESH = 300.0  # seconds before an unchanged sighting is written again
 LIMITER_SIZE = 65_536  # MACs tracked by the rate limiter
 READ_BURST = 64  # datagrams read per wake-up
@@ -107,59 +105,6 @@ class RateLimiter:
         return allowed
 
 
-T = TypeVar("T")
-
-
-class Batcher(Generic[T]):
-    """Runs ``write`` in a worker thread over everything submitted since the last run."""
-
-    def __init__(
-        self, name: str, write: Callable[[Sequence[T]], None], counters: Counter[str]
-    ) -> None:
-        self.name = name
-        self.write = write
-        self.counters = counters
-        self.pending: deque[tuple[Sequence[T], Callable[[bool], None] | None]] = deque()
-        self.wake = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-        self.closing = False
-
-    def submit(self, items: Sequence[T], done: Callable[[bool], None] | None = None) -> None:
-        self.pending.append((items, done))
-        self.wake.set()
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
-
-    async def _run(self) -> None:
-        while not (self.closing and not self.pending):
-            await self.wake.wait()
-            self.wake.clear()
-            while self.pending:
-                batch: list[Callable[[bool], None] | None] = []
-                rows: list[T] = []
-                while self.pending and len(rows) < MAX_BATCH:
-                    items, done = self.pending.popleft()
-                    batch.append(done)
-                    rows.extend(items)
-                try:
-                    await asyncio.to_thread(self.write, rows)
-                    ok = True
-                except Exception:  # a failed commit must not stop the service
-                    log.exception("dhcp %s commit failed rows=%d", self.name, len(rows))
-                    self.counters[f"error.{self.name}"] += 1
-                    ok = False
-                for done in batch:
-                    if done is not None:
-                        done(ok)
-
-    async def close(self) -> None:
-        self.closing = True
-        self.wake.set()
-        if self.task is not None:
-            await self.task
-
-
 class _Listener:
     """One UDP socket (interface, port). The loop calls ``readable``, which drains up to
     READ_BURST datagrams per wake-up: far cheaper than one loop iteration per packet."""
@@ -188,7 +133,8 @@ class _Listener:
 
 
 class DhcpService:
-    """``async with DhcpService(config, backend, targets):`` serves DHCP until the block ends."""
+    """``async with DhcpService(config, backend, targets):`` serves DHCP until the block ends
+    (and then closes ``backend``, which the service owns from then on)."""
 
     def __init__(
         self,
@@ -211,10 +157,7 @@ class DhcpService:
             else ProxyHandler(targets)
         )
         self.limiter = RateLimiter(config.rate_limit.per_second, config.rate_limit.burst)
-        self.leases: Batcher[Lease] = Batcher("leases", backend.save_leases, self.counters)
-        self.sightings: Batcher[Sighting] = Batcher(
-            "sightings", backend.record_sightings, self.counters
-        )
+        self.writer = Writer(backend, self._count)
         self._recent: dict[str, tuple[Sighting, float]] = {}
         self._listeners: list[_Listener] = []
         self._raw: dict[str, socket.socket] = {}
@@ -223,45 +166,54 @@ class DhcpService:
     async def __aenter__(self) -> DhcpService:
         if self.config.mode == "off":
             return self
+        try:
+            await self._open()
+        except BaseException:
+            self._close_sockets()
+            self.backend.close()
+            raise
+        self.writer.start()
+        return self
+
+    async def _open(self) -> None:
         self.interfaces = [interface(n) for n in self.config.interfaces]
         self._own = frozenset(i.address for i in self.interfaces)
         self.book.load(await asyncio.to_thread(self.backend.load_leases))
         loop = asyncio.get_running_loop()
         ports = [SERVER_PORT, PXE_PORT] if self.config.mode == "proxy" else [SERVER_PORT]
-        try:
-            for iface in self.interfaces:
-                raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-                self._raw[iface.name] = raw
-                raw.bind((iface.name, 0))
-                for port in ports:
-                    listener = _Listener(self, iface, port)
-                    self._listeners.append(listener)
-                    loop.add_reader(listener.sock, listener.readable)
-                log.info(
-                    "dhcp listening mode=%s interface=%s address=%s ports=%s",
-                    self.config.mode,
-                    iface.name,
-                    iface.address,
-                    ports,
-                )
-        except BaseException:
-            self._close_sockets()
-            raise
-        self.leases.start()
-        self.sightings.start()
-        return self
+        for iface in self.interfaces:
+            raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            self._raw[iface.name] = raw
+            raw.bind((iface.name, 0))
+            for port in ports:
+                listener = _Listener(self, iface, port)
+                self._listeners.append(listener)
+                loop.add_reader(listener.sock, listener.readable)
+            log.info(
+                "dhcp listening mode=%s interface=%s address=%s ports=%s",
+                self.config.mode,
+                iface.name,
+                iface.address,
+                ports,
+            )
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        # Stop reading, commit what is queued (its replies still go out), then close.
+        self._stop_reading()
+        await self.writer.close()
         self._close_sockets()
-        await self.leases.close()
-        await self.sightings.close()
+        self.backend.close()
 
-    def _close_sockets(self) -> None:
+    def _stop_reading(self) -> None:
         loop = asyncio.get_running_loop()
         for lst in self._listeners:
             loop.remove_reader(lst.sock)
+
+    def _close_sockets(self) -> None:
+        self._stop_reading()
+        for lst in self._listeners:
             lst.sock.close()
         self._listeners.clear()
         for raw in self._raw.values():
@@ -269,6 +221,9 @@ class DhcpService:
         self._raw.clear()
 
     # --- the hot path ------------------------------------------------------------------------
+
+    def _count(self, name: str, n: int) -> None:
+        self.counters[name] += n
 
     def _drop(self, reason: str, counter: str, mac: str, xid: int | None) -> None:
         self.counters[f"drop.{counter}"] += 1
@@ -311,18 +266,19 @@ class DhcpService:
             )
             return
         reply = result.reply
-        log.info(
-            "dhcp %s mac=%s xid=%#x interface=%s %s",
-            (reply.message_type.name if reply else req.message_type.name).lower(),
-            req.mac,
-            req.xid,
-            at.interface.name,
-            result.note,
-        )
+        if log.isEnabledFor(logging.DEBUG):  # per packet: INFO would cost more than the reply
+            log.debug(
+                "dhcp %s mac=%s xid=%#x interface=%s %s",
+                (reply.message_type.name if reply else req.message_type.name).lower(),
+                req.mac,
+                req.xid,
+                at.interface.name,
+                result.note,
+            )
         if reply is None:
-            self.leases.submit(result.persist)
+            self.writer.submit(result.persist)
         elif result.persist:
-            self.leases.submit(
+            self.writer.submit(
                 result.persist, lambda ok: self._send(req, reply, at, listener) if ok else None
             )
         else:
@@ -332,14 +288,13 @@ class DhcpService:
         last = self._recent.get(s.mac)
         if last is not None and last[0] == s and now - last[1] < SIGHTING_REFRESH:
             return
-        if len(self.sightings.pending) >= MAX_PENDING_SIGHTINGS:
+        if not self.writer.sight(s):
             self.counters["drop.sighting_backlog"] += 1
             return
         self._recent.pop(s.mac, None)
         self._recent[s.mac] = (s, now)
         if len(self._recent) > LIMITER_SIZE:
             del self._recent[next(iter(self._recent))]
-        self.sightings.submit((s,))
 
     def _send(self, req: Request, reply: Reply, at: Arrival, listener: _Listener) -> None:
         try:

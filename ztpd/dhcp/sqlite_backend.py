@@ -1,4 +1,9 @@
-"""The DHCP backend over ztpd's SQLite store: leases in ``leases``, sightings through ``Nodes``."""
+"""The DHCP backend over ztpd's SQLite store: leases in ``leases``, sightings through ``Nodes``.
+
+Writes go through a connection of their own (a second ``Store`` on the same file; WAL lets the
+rest of ztpd read meanwhile), used only by the DHCP writer thread, so a lease commit never
+queues behind the appliance's other users of the shared connection's lock.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,11 @@ log = logging.getLogger("ztpd.dhcp")
 class SqliteBackend:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.nodes = Nodes(store)
+        self.writes = Store(store.path, clock=store.clock)
+        self.nodes = Nodes(self.writes)
+
+    def close(self) -> None:
+        self.writes.close()
 
     def load_leases(self) -> list[Lease]:
         rows = self.store.query(
@@ -37,8 +46,8 @@ class SqliteBackend:
         ]
 
     def save_leases(self, leases: Sequence[Lease]) -> None:
-        now = self.store.clock()
-        with self.store.transaction() as conn:
+        now = self.writes.clock()
+        with self.writes.transaction() as conn:
             conn.executemany(
                 "INSERT INTO leases (ip, mac, client_id, subnet, state, expires, hostname, "
                 "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (ip) DO UPDATE SET "
@@ -52,7 +61,7 @@ class SqliteBackend:
             )
 
     def record_sightings(self, sightings: Sequence[Sighting]) -> None:
-        with self.store.transaction():
+        with self.writes.transaction():
             for s in sightings:
                 try:
                     node = self.nodes.observe(
@@ -63,7 +72,7 @@ class SqliteBackend:
                     columns = {k: v for k, v in (("ip", s.ip), ("arch", s.arch)) if v}
                     self.nodes.update_facts(node.id, {"dhcp": s.facts}, **columns)
                     if s.ip:
-                        self.store.conn.execute(
+                        self.writes.conn.execute(
                             "UPDATE leases SET node_id = ? WHERE ip = ?", (node.id, s.ip)
                         )
                 except ZtpdError as e:  # one odd sighting must not lose the others
