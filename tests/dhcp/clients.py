@@ -1,6 +1,7 @@
 """Scripted DHCP clients built with scapy (independent of ztpd's own codec), run inside a namespace:
 
     python tests/dhcp/clients.py relay  SERVER LOCAL_IP GIADDR COUNT [--circuit-id X] [--mac-base N]
+                                        [--link-selection IP] [--subnet-selection IP]
     python tests/dhcp/clients.py probe  IFACE [--pxe ARCH] [--user-class iPXE] [--wait S]
     python tests/dhcp/clients.py pxe4011 SERVER IFACE IP MAC ARCH
 
@@ -56,20 +57,15 @@ def relay(a: argparse.Namespace) -> None:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", 67))  # replies come to giaddr, which may not be a.local
     s.settimeout(a.timeout)
-    relay82 = (
-        [
-            (
-                "relay_agent_information",
-                b"\x01"
-                + bytes([len(a.circuit_id)])
-                + a.circuit_id.encode()
-                + b"\x02\x06"
-                + bytes.fromhex("aabbccddeeff"),
-            )
-        ]
-        if a.circuit_id
-        else []
-    )
+    sub82 = b""
+    if a.circuit_id:
+        sub82 += bytes((1, len(a.circuit_id))) + a.circuit_id.encode()
+        sub82 += b"\x02\x06" + bytes.fromhex("aabbccddeeff")
+    if a.link_selection:  # RFC 3527: the client's link, apart from giaddr
+        sub82 += b"\x05\x04" + socket.inet_aton(a.link_selection)
+    relay82: list[Any] = [("relay_agent_information", sub82)] if sub82 else []
+    if a.subnet_selection:  # RFC 3011
+        relay82.append((118, socket.inet_aton(a.subnet_selection)))
 
     def ask(pkt: Any, want_xid: int) -> dict[str, Any] | None:
         s.sendto(bytes(pkt), (a.server, 67))
@@ -175,6 +171,8 @@ def main() -> None:
     r.add_argument("giaddr")
     r.add_argument("count", type=int)
     r.add_argument("--circuit-id", default="")
+    r.add_argument("--link-selection", default="")
+    r.add_argument("--subnet-selection", default="")
     r.add_argument("--mac-base", type=int, default=1)
     r.add_argument("--pxe", action="store_true")
     r.add_argument("--timeout", type=float, default=2.0)

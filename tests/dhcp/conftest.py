@@ -31,15 +31,17 @@ class Ztpd:
         dhcp: dict[str, Any],
         *,
         http_url: str = "http://10.9.0.1:8080",
+        args: tuple[str, ...] = (),
     ) -> None:
         self.ns = ns
+        self.args = args
         self.state = state
         self.config = state / "ztpd.yaml"
         self.config.write_text(
             yaml.safe_dump(
                 {
                     "state_dir": str(state),
-                    "log": {"level": "info"},
+                    "log": {"level": "debug"},  # per-packet lines are DEBUG
                     "http": {"public_url": http_url},
                     "dhcp": dhcp,
                 }
@@ -51,7 +53,9 @@ class Ztpd:
     def start(self) -> Ztpd:
         out = self.log.open("ab")
         self.proc = self.ns.popen(
-            [sys.executable, str(SERVE), str(self.config)], stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, str(SERVE), str(self.config), *self.args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         out.close()
         wait_for(

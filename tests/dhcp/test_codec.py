@@ -4,6 +4,7 @@ reply it builds to the same fields. Includes the fuzz test (≥100,000 packets).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 import struct
 
@@ -122,6 +123,62 @@ def test_decode_reads_boot_relay_and_identity_options() -> None:
     assert req.client_key == "id:01" + MAC.hex() and req.hostname == "node1"
 
 
+def split(value: bytes, cuts: list[int]) -> list[bytes]:
+    """``value`` in pieces of at most 255 bytes, cut at ``cuts`` too (RFC 3396)."""
+    points = sorted({0, len(value), *(c % (len(value) + 1) for c in cuts)})
+    pieces = [value[a:b] for a, b in itertools.pairwise(points) if b > a]
+    return [p[i : i + 255] for p in pieces for i in range(0, len(p), 255)]
+
+
+def tlv(items: list[tuple[int, bytes]]) -> bytes:
+    return b"".join(bytes((c, len(v))) + v for c, v in items)
+
+
+LONG_OPTIONS = st.fixed_dictionaries(
+    {
+        12: st.binary(min_size=1, max_size=60).map(lambda b: b.replace(b"\0", b"h")),
+        60: st.binary(min_size=1, max_size=400).map(lambda b: b"PXEClient:" + b),
+        61: st.binary(min_size=1, max_size=300),
+        77: st.just(b"iPXE"),
+        82: st.binary(min_size=1, max_size=200).map(lambda c: b"\x01" + bytes((len(c),)) + c),
+    }
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(LONG_OPTIONS, st.lists(st.integers(0, 500), max_size=3), st.data())
+def test_split_and_overloaded_options_read_as_the_whole_option(
+    values: dict[int, bytes], cuts: list[int], data: st.DataObject
+) -> None:
+    """Options split in pieces (RFC 3396), all in the options field or spread over the
+    options, file and sname fields (option 52), decode to the whole values. scapy builds the
+    packets."""
+    pieces = [(code, p) for code, v in values.items() for p in split(v, cuts)]
+    # The aggregate buffer is options field, then file, then sname (RFC 3396 §5): the sname
+    # takes a tail of the pieces that fits 63 bytes, the file the run before it that fits 127.
+    fit = [len(tlv(pieces[i:])) <= 63 for i in range(len(pieces) + 1)]
+    b = data.draw(st.sampled_from([i for i, ok in enumerate(fit) if ok]))
+    fit = [len(tlv(pieces[i:b])) <= 127 for i in range(b + 1)]
+    a = data.draw(st.sampled_from([i for i, ok in enumerate(fit) if ok]))
+    overload = (1 if a < b else 0) | (2 if b < len(pieces) else 0)
+    head = [("message-type", "request"), *([(52, bytes((overload,)))] if overload else [])]
+    split_pkt = bytes(
+        BOOTP(chaddr=MAC, xid=7, file=tlv(pieces[a:b]) + b"\xff", sname=tlv(pieces[b:]))
+        / DHCP(options=[*head, *pieces[:a], "end"])
+    )
+    in_options = bytes(BOOTP(chaddr=MAC, xid=7) / DHCP(options=[head[0], *pieces, "end"]))
+    for got in (codec.decode(in_options), codec.decode(split_pkt)):
+        assert {c: v for c, v in got.options if c != 52} == {53: b"\x03", **values}
+        assert (got.hostname, got.vendor_class) == tuple(
+            values[c].rstrip(b"\0").decode("utf-8", "replace") for c in (12, 60)
+        )
+        assert (got.client_id, got.circuit_id, got.user_classes) == (
+            values[61],
+            values[82][2:],
+            (b"iPXE",),
+        )
+
+
 replies = st.builds(
     Reply,
     message_type=st.sampled_from([Msg.OFFER, Msg.ACK, Msg.NAK]),
@@ -193,6 +250,7 @@ def test_layer2_frame_parses_with_valid_checksums() -> None:
 
 SEEDS = [
     GOOD,
+    raw(b"\x35\x01\x01\x34\x01\x03\x3c\x02PX\xff", file=b"\x3c\x03Cli\xff", sname=b"\x0c\x01n"),
     request(
         ("message-type", "request"),
         ("requested_addr", "10.0.0.5"),

@@ -11,7 +11,7 @@ from ztpd.dhcp import boot
 from ztpd.dhcp.arch import ArchTable
 from ztpd.dhcp.handlers import Arrival, FullHandler, Ignore, Interface, Outcome, ProxyHandler
 from ztpd.dhcp.leases import BOUND, DECLINED, RELEASED, Lease, LeaseBook
-from ztpd.dhcp.packet import PXE_PORT, Msg, Request
+from ztpd.dhcp.packet import PXE_PORT, Msg, Reply, Request
 from ztpd.dhcp.service import RateLimiter, Route, route
 
 TARGETS = boot.BootTargets(
@@ -181,6 +181,35 @@ def test_relay_selects_subnet_by_giaddr_and_records_option_82() -> None:
     assert route(req(**relayed), out.reply, AT) == Route("10.20.0.1", 67)
 
 
+@pytest.mark.parametrize(
+    ("fields", "subnet"),
+    [
+        # RFC 3527: the relay talks from 10.0.0.254 but names the client's link 10.20.0.0/24.
+        ({"giaddr": "10.0.0.254", "link_selection": "10.20.0.1"}, "10.20.0."),
+        # RFC 3011, from a relay or from the client itself.
+        ({"giaddr": "10.0.0.254", "subnet_selection": "10.20.0.1"}, "10.20.0."),
+        ({"subnet_selection": "10.20.0.1"}, "10.20.0."),
+        # Link selection wins over subnet selection.
+        ({"link_selection": "10.0.0.1", "subnet_selection": "10.20.0.1"}, "10.0.0."),
+        ({"giaddr": "10.0.0.254"}, "10.0.0."),
+    ],
+)
+def test_link_and_subnet_selection_choose_the_subnet(
+    fields: dict[str, object], subnet: str
+) -> None:
+    h = full()
+    ip = dora(h, "02:00:00:00:00:01", **fields)
+    assert ip.startswith(subnet)
+    if "giaddr" in fields:  # the reply still goes to the relay, not to the named link
+        r = Reply(Msg.ACK, 1, b"\x02" * 6, yiaddr=ip)
+        assert route(req(**fields), r, AT) == Route(str(fields["giaddr"]), 67)
+
+
+def test_a_link_we_do_not_serve_gets_no_answer() -> None:
+    out = full().handle(req(giaddr="10.0.0.254", link_selection="10.99.0.1"), AT, NOW)
+    assert isinstance(out, Ignore) and out.reason == "no subnet for link=10.99.0.1 interface=eth0"
+
+
 def test_loaded_leases_are_respected() -> None:
     book = LeaseBook(list(CONFIG.subnets))
     book.load([Lease("10.0.0.10", "02:00:00:00:00:07", None, "10.0.0.0/24", BOUND, NOW + 60)])
@@ -201,8 +230,6 @@ def test_loaded_leases_are_respected() -> None:
 def test_delivery_follows_rfc2131_4_1(
     fields: dict[str, object], reply_yiaddr: str, expected: Route
 ) -> None:
-    from ztpd.dhcp.packet import Reply
-
     r = Reply(Msg.ACK, 1, b"\x02" * 6, yiaddr=reply_yiaddr)
     assert route(req(**fields), r, AT) == expected
 

@@ -220,6 +220,54 @@ def test_relay_with_option_82(full_lan: tuple[Lan, Ztpd]) -> None:
     assert facts[0]["ip"] == out["ack"]["yiaddr"]
 
 
+@pytest.mark.parametrize("how", ["--link-selection", "--subnet-selection"])
+def test_relay_names_the_link_apart_from_giaddr(full_lan: tuple[Lan, Ztpd], how: str) -> None:
+    """RFC 3527 (option 82.5) and RFC 3011 (option 118): the relay sits on 10.9.0.0/24 (its
+    giaddr) but names 10.20.0.0/24 as the client's link; the address comes from the named
+    subnet and the reply still goes to the relay."""
+    lan, z = full_lan
+    relay = lan.host("relay", "10.9.0.254/24")
+    [out] = client_script(
+        relay, "relay", "10.9.0.1", "10.9.0.254", "10.9.0.254", "1", how, "10.20.0.1"
+    )
+    assert out["offer"]["yiaddr"].startswith("10.20.0."), out
+    assert out["offer"]["giaddr"] == "10.9.0.254" and out["offer"]["has82"] == (
+        how == "--link-selection"
+    )
+    assert out["ack"]["type"] == 5 and out["ack"]["yiaddr"] == out["offer"]["yiaddr"]
+    assert {"ip": out["ack"]["yiaddr"], "mac": out["mac"], "state": "bound"} in wait_for(
+        lambda: lease_rows(z, "bound"), "the lease row"
+    )
+
+
+def test_no_ack_when_the_lease_commit_fails(lan: Lan, tmp_path: Path) -> None:
+    """Every lease commit fails (fakes.BrokenBackend): offers still go out, no ACK ever does,
+    each failure is logged and counted, and the server keeps answering."""
+    z = Ztpd(
+        lan.host("srv", "10.9.0.1/24"),
+        tmp_path,
+        {
+            "mode": "full",
+            "interfaces": ["eth0"],
+            "subnets": [
+                {"subnet": "10.9.0.0/24", "pools": [{"start": "10.9.0.100", "end": "10.9.0.199"}]}
+            ],
+        },
+        args=("--broken-leases",),
+    ).start()
+    relay = lan.host("relay", "10.9.0.254/24")
+    out = client_script(
+        relay, "relay", "10.9.0.1", "10.9.0.254", "10.9.0.254", "3", "--timeout", "1"
+    )
+    assert [r["offer"]["type"] for r in out] == [2, 2, 2], out
+    assert [r["ack"] for r in out] == [None, None, None], out
+    wait_for(lambda: z.text().count("dhcp lease commit failed") == 3, "three logged failures")
+    z.stop()
+    counters = re.search(r"counters (\{.*\})", z.text())
+    assert counters is not None, z.text()
+    assert "'error.leases': 3" in counters.group(1) and "reply.ack" not in counters.group(1)
+
+
 def test_perfdhcp_relay_mode_completes_exchanges(full_lan: tuple[Lan, Ztpd]) -> None:
     require("perfdhcp")
     lan, z = full_lan

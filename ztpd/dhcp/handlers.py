@@ -79,6 +79,8 @@ def _relay_facts(req: Request) -> dict[str, Any]:
             text = raw.decode("ascii", "replace")
             relay[name] = text if text.isprintable() else raw.hex()
             relay[name + "_hex"] = raw.hex()
+    if req.link_selection is not None:
+        relay["link_selection"] = req.link_selection
     return {"relay": relay}
 
 
@@ -210,8 +212,9 @@ class FullHandler:
         }
 
     def _plan(self, req: Request, at: Arrival) -> Plan | None:
-        # A relay's giaddr names the client's link (RFC 2131 §4.3.1); else our interface's.
-        return self.book.plan_for(req.giaddr if req.relayed else at.interface.address)
+        # The link the request names (RFC 3527 link selection, RFC 3011 subnet selection, or
+        # a relay's giaddr, RFC 2131 §4.3.1); else the receiving interface's.
+        return self.book.plan_for(req.link or at.interface.address)
 
     def _lease_time(self, s: DhcpSubnet) -> int:
         return s.lease_time or self.config.lease_time
@@ -257,7 +260,7 @@ class FullHandler:
             return Ignore("port 4011 is answered in proxy mode only")
         plan = self._plan(req, at)
         if plan is None:
-            return Ignore(f"no subnet for giaddr={req.giaddr} interface={at.interface.name}")
+            return Ignore(f"no subnet for link={req.link} interface={at.interface.name}")
         choice = boot.choose(req, self.targets)
         _log_unknown_arch(req, choice)
         key, mt = req.client_key, req.message_type
