@@ -10,7 +10,7 @@ APT_PACKAGES := python3 python3-venv iproute2 curl ca-certificates \
 	qemu-utils ipxe-qemu \
 	debootstrap grub-efi-amd64-bin grub-pc-bin fdisk dosfstools mtools zstd debconf
 
-.PHONY: all deps apt venv lint typecheck unit test demo check clean bench-dhcp images discovery-image os-image
+.PHONY: all deps apt venv lint typecheck unit test e2e demo check clean bench-dhcp images discovery-image os-image
 
 all: test
 
@@ -46,8 +46,13 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test: deps lint typecheck
+test: deps lint typecheck images os-image
 	$(BIN)/pytest -p no:cacheprovider tests
+
+# The end-to-end suite alone (also part of `test`): QEMU VMs in the lab, from power-on to deployed
+# and a disk boot (root; images from `make images os-image`); timings in test-artifacts/.
+e2e: deps images os-image
+	$(BIN)/pytest -p no:cacheprovider tests/lab
 
 # iPXE loaders from Debian's ipxe package into images/ (re-runs offline from images/cache/).
 images: venv discovery-image
@@ -66,7 +71,7 @@ check: venv
 
 # The lab: 3 VMs on a virtual LAN in network namespaces (root), page on 127.0.0.1:8480.
 # Ctrl-C stops following; `.venv/bin/ztpd lab down` removes everything the lab made.
-demo: deps
+demo: deps images os-image
 	@echo "ztpd demo: status page on http://127.0.0.1:8480/ once the lab is up; state in state/lab"
 	$(BIN)/ztpd lab up --nodes 3
 

@@ -246,6 +246,10 @@ class DhcpConfig(Section):
     lease_time: Annotated[int, Field(ge=60)] = 3600
     offer_timeout: Seconds = 60  # how long an offered address stays held for its client
     decline_quarantine: Seconds = 3600  # how long a declined (conflicting) address stays unused
+    # When an ACK may leave: "full", once its lease is on disk (fsync: survives power loss);
+    # "normal", once it is in the database file's WAL (survives ztpd being killed, as Kea's
+    # memfile does, and commits cost far less; a power cut may forget the last leases).
+    lease_sync: Literal["full", "normal"] = "full"
     boot: DhcpBootConfig = DhcpBootConfig()
     rate_limit: DhcpRateLimit = DhcpRateLimit()
 

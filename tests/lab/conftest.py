@@ -6,11 +6,14 @@ that read its store to wait for a VM's node to get somewhere (generous deadlines
         lab_run.wait_state("vm1", {"deployed"}, timeout=600)
 
 Each run is named ``ztpd-lab-t<pid>`` (a user's own ``ztpd-lab`` is never touched) and is taken
-down at the end, even when the test fails; the teardown checks nothing of it is left.
+down at the end, even when the test fails; the teardown checks nothing of it is left. Before
+that, the seconds from power-on to each step of every VM (the lab's own ``watch.Progress``) are
+appended to ``test-artifacts/e2e-timings.json`` under the test's name, so regressions show.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -18,7 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +30,16 @@ import pytest
 from tests.daemon import REPO, free_port
 from tests.netns import require, wait_for
 from ztpd.identity import normalize_mac
+from ztpd.lab import LabState
 from ztpd.lab.lab import proc_start
 from ztpd.lab.net import namespaces
+from ztpd.lab.watch import Progress
+from ztpd.lifecycle import State
 from ztpd.model import Event, Node
 from ztpd.store import Events, Nodes, Store
+
+TIMINGS = REPO / "test-artifacts" / "e2e-timings.json"
+KEEP_RUNS = 200  # the timings file keeps the latest runs only
 
 
 class LabRun:
@@ -40,9 +49,11 @@ class LabRun:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.procs: list[subprocess.Popen[str]] = []
+        self.config: Path | None = None  # a ztpd config naming other profiles, say
 
     def argv(self, *args: str) -> list[str]:
         common = ["--state", str(self.state), "--name", self.name, "--port", str(self.port)]
+        common += ["--config", str(self.config)] if self.config else []
         return [sys.executable, "-m", "ztpd", "lab", *common, *args]
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -51,7 +62,7 @@ class LabRun:
         )
 
     def up(
-        self, nodes: int = 1, firmware: str = "bios", timeout: float = 600
+        self, nodes: int = 1, firmware: str = "bios", timeout: float = 600, dhcp: str = "full"
     ) -> subprocess.Popen[str]:
         """``lab up`` in the background (it follows the nodes); stop it with ``stop_following``."""
         proc = subprocess.Popen(
@@ -63,6 +74,8 @@ class LabRun:
                 firmware,
                 "--timeout",
                 str(timeout),
+                "--dhcp",
+                dhcp,
                 "--no-discovery-build",
             ),
             cwd=REPO,
@@ -79,6 +92,12 @@ class LabRun:
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=30)
         return proc.returncode, out
+
+    def ok(self, *args: str, timeout: float = 120) -> str:
+        """A ``ztpd lab`` command that must succeed; its output."""
+        done = self.cli(*args, timeout=timeout)
+        assert done.returncode == 0, f"lab {' '.join(args)}: {done.stdout}{done.stderr}"
+        return done.stdout
 
     def recorded(self) -> dict[str, Any]:
         try:
@@ -121,6 +140,15 @@ class LabRun:
         finally:
             store.close()
 
+    def rows(self, sql: str) -> list[dict[str, Any]]:
+        store = self._store()
+        if store is None:
+            return []
+        try:
+            return store.query(sql)
+        finally:
+            store.close()
+
     def lease(self, vm: str) -> dict[str, Any] | None:
         store = self._store()
         if store is None:
@@ -138,13 +166,31 @@ class LabRun:
             None,
         )
 
-    def wait_state(self, vm: str, states: set[str], timeout: float = 600) -> Node:
+    def wait_state(self, vm: str, states: Iterable[str], timeout: float = 600) -> Node:
+        """Poll until ``vm``'s node is in one of ``states``; a node that fails instead ends the
+        wait at once, with its reason and the end of ztpd's log."""
+        wanted = set(states)
+
         def reached() -> Node | None:
             node = self.node(vm)
-            return node if node is not None and node.state in states else None
+            if node is not None and node.state == State.FAILED and State.FAILED not in wanted:
+                log = (self.state / "ztpd.log").read_text(errors="replace")[-3000:]
+                raise AssertionError(
+                    f"{vm} failed in {node.failed_from}: {node.reason}\nztpd.log ends:\n{log}"
+                )
+            return node if node is not None and node.state in wanted else None
 
-        node: Node = wait_for(reached, f"{vm} to reach {sorted(states)}", timeout, step=1.0)
+        node: Node = wait_for(reached, f"{vm} to reach {sorted(wanted)}", timeout, step=1.0)
         return node
+
+    def timings(self) -> dict[str, Any]:
+        """Per VM, seconds from power-on to each step, read as ``lab up`` reads them."""
+        recorded = self.recorded()
+        db = self.state / "ztpd" / "ztpd.db"
+        if not recorded or not db.exists():
+            return {}
+        lab = LabState.from_dict(recorded)
+        return Progress(db, lab.vms, lab.powered_on, lambda _: None).timings()
 
     def leftovers(self) -> list[str]:
         """Anything of this lab still present: namespaces, live recorded processes, files."""
@@ -170,14 +216,39 @@ def alive(pid: int) -> bool:
     return proc_start(pid) is not None
 
 
+def record_timings(test: str, run: LabRun) -> None:
+    """Append this run's timings to TIMINGS (a failed run's too: slowness is a finding)."""
+    nodes = run.timings()
+    if not nodes:
+        return
+    try:
+        runs = list(json.loads(TIMINGS.read_text())["runs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        runs = []
+    runs.append(
+        {
+            "test": test,
+            "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "accel": run.recorded().get("accel"),
+            "dhcp": run.recorded().get("dhcp"),
+            "nodes": nodes,
+        }
+    )
+    TIMINGS.parent.mkdir(exist_ok=True)
+    part = TIMINGS.with_suffix(".part")
+    part.write_text(json.dumps({"runs": runs[-KEEP_RUNS:]}, indent=2) + "\n")
+    os.replace(part, TIMINGS)
+
+
 @pytest.fixture
-def lab_run(tmp_path: Path) -> Iterator[LabRun]:
+def lab_run(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LabRun]:
     require("qemu-system-x86_64", "qemu-img")
     run = LabRun(tmp_path / "lab")
     try:
         yield run
     finally:
         pids = vm_pids(run)
+        record_timings(request.node.nodeid, run)
         run.close()
         assert run.leftovers() == []
         # Recorded pids may be reused by now only in theory; a short poll covers exit races.

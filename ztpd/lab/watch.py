@@ -150,7 +150,7 @@ class Progress:
         if n.state == State.AWAITING_APPROVAL:
             return f"held by profile {n.profile} until an operator approves node {n.id}"
         if n.state == State.UNMATCHED:
-            return f"no profile fits: {n.reason or 'no reason recorded'}"
+            return f"unmatched ({n.reason or 'no reason recorded'}): the page shows why"
         return f"still {n.state} when following stopped"
 
     def timings(self) -> dict[str, Any]:
