@@ -184,7 +184,9 @@ class Appliance:
             if config.tftp.enabled
             else None
         )
-        self.dhcp = DhcpService(config.dhcp, SqliteBackend(store), boot_targets(config))
+        self.dhcp = DhcpService(
+            config.dhcp, SqliteBackend(store, sync=config.dhcp.lease_sync), boot_targets(config)
+        )
         self.metrics.registry.on_collect(
             lambda: self.metrics.dhcp_packets.mirror(dhcp_series(self.dhcp.counters))
         )

@@ -36,7 +36,9 @@ async def serve(path: Path, broken: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     store = Store(cfg.db_path)
-    backend: DhcpBackend = BrokenBackend() if broken else SqliteBackend(store)
+    backend: DhcpBackend = (
+        BrokenBackend() if broken else SqliteBackend(store, sync=cfg.dhcp.lease_sync)
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -17,7 +17,7 @@ import socket
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -42,6 +42,7 @@ LIMITER_SIZE = 65_536  # MACs tracked by the rate limiter
 READ_BURST = 64  # datagrams read per wake-up
 MAX_DATAGRAM = 4096
 RCVBUF = 4 << 20  # absorbs bursts (a rack powering on) while a commit is in flight
+REPLY_COUNTER = {m: f"reply.{m.name.lower()}" for m in Msg}
 
 
 def interface(name: str) -> Interface:
@@ -222,14 +223,12 @@ class DhcpService:
 
     # --- the hot path ------------------------------------------------------------------------
 
-    def _count(self, name: str, n: int) -> None:
-        self.counters[name] += n
+    def _count(self, counts: Mapping[str, int]) -> None:
+        self.counters.update(counts)
 
     def _drop(self, reason: str, counter: str, mac: str, xid: int | None) -> None:
         self.counters[f"drop.{counter}"] += 1
-        log.warning(
-            "dhcp drop mac=%s xid=%s reason=%s", mac, "-" if xid is None else f"{xid:#x}", reason
-        )
+        _log_drop(reason, mac, xid)
 
     def received(self, data: bytes, at: Arrival, listener: _Listener) -> None:
         self.counters["received"] += 1
@@ -278,11 +277,9 @@ class DhcpService:
         if reply is None:
             self.writer.submit(result.persist)
         elif result.persist:
-            self.writer.submit(
-                result.persist, lambda ok: self._send(req, reply, at, listener) if ok else None
-            )
+            self.writer.submit(result.persist, lambda: self._send(req, reply, at, listener))
         else:
-            self._send(req, reply, at, listener)
+            self.counters[self._send(req, reply, at, listener)] += 1
 
     def _record(self, s: Sighting, now: float) -> None:
         last = self._recent.get(s.mac)
@@ -296,12 +293,14 @@ class DhcpService:
         if len(self._recent) > LIMITER_SIZE:
             del self._recent[next(iter(self._recent))]
 
-    def _send(self, req: Request, reply: Reply, at: Arrival, listener: _Listener) -> None:
+    def _send(self, req: Request, reply: Reply, at: Arrival, listener: _Listener) -> str:
+        """Encode and send ``reply``; the name of the counter to bump. Thread-safe (the writer
+        thread sends ACKs itself, straight after their commit): it only reads shared state."""
         try:
             data = codec.encode(reply)
         except ValueError as e:
-            self._drop(f"reply not encodable: {e}", "encode", req.mac, req.xid)
-            return
+            _log_drop(f"reply not encodable: {e}", req.mac, req.xid)
+            return "drop.encode"
         to = route(req, reply, at)
         try:
             if to.layer2:
@@ -320,12 +319,17 @@ class DhcpService:
             else:
                 listener.sendto(data, (to.ip, to.port))
         except OSError as e:
-            self.counters["error.send"] += 1
             log.warning(
                 "dhcp send failed mac=%s xid=%#x to=%s error=%s", req.mac, req.xid, to.ip, e
             )
-            return
-        self.counters[f"reply.{reply.message_type.name.lower()}"] += 1
+            return "error.send"
+        return REPLY_COUNTER[reply.message_type]
+
+
+def _log_drop(reason: str, mac: str, xid: int | None) -> None:
+    log.warning(
+        "dhcp drop mac=%s xid=%s reason=%s", mac, "-" if xid is None else f"{xid:#x}", reason
+    )
 
 
 def _udp_socket(ifname: str, port: int) -> socket.socket:

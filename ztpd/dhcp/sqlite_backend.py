@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Literal
 
 from ztpd.dhcp.backend import Sighting
 from ztpd.dhcp.leases import Lease
@@ -18,11 +19,15 @@ from ztpd.store import Nodes, Store
 
 log = logging.getLogger("ztpd.dhcp")
 
+SYNC = {"full": "FULL", "normal": "NORMAL"}
+
 
 class SqliteBackend:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, sync: Literal["full", "normal"] = "full") -> None:
         self.store = store
         self.writes = Store(store.path, clock=store.clock)
+        # dhcp.lease_sync: whether a lease commit waits for fsync (see config.DhcpConfig).
+        self.writes.conn.execute(f"PRAGMA synchronous = {SYNC[sync]}")
         self.nodes = Nodes(self.writes)
 
     def close(self) -> None:

@@ -1,11 +1,12 @@
 """The DHCP writer: one thread that owns every DHCP write to the store.
 
 Lease changes come first. Everything queued since the last commit is written in one
-transaction (group commit), and only then are the replies that depend on it released, with one
-hop back to the event loop per batch, never per packet. No ACK leaves before its lease is
-committed. Sightings (boot facts for the node records) are not on the ACK path: they are
-coalesced per MAC and written in small chunks while no lease is waiting, so a storm of new
-clients delays node bookkeeping, never an ACK. One thread means the two kinds of write never
+transaction (group commit), and only then does this thread send the replies that depend on it:
+no hop back to the event loop (which may be busy reading a burst), and the kernel's share of
+sending runs beside the loop, on the other core. No ACK leaves before its lease is committed.
+Sightings (boot facts for the node records) are not on the ACK path: they are coalesced per
+MAC and written in small chunks while no lease is waiting, so a storm of new clients delays
+node bookkeeping, never an ACK. One thread means the two kinds of write never
 contend for SQLite's write lock.
 """
 
@@ -14,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
 from itertools import islice
 
 from ztpd.dhcp.backend import DhcpBackend, Sighting
@@ -27,8 +28,8 @@ MAX_BATCH = 512  # lease rows per commit
 SIGHTING_CHUNK = 4  # sightings per transaction: small, so a waiting lease is not held up long
 MAX_PENDING_SIGHTINGS = 10_000  # beyond this, new MACs' sightings are dropped (and counted)
 
-Done = Callable[[bool], None]  # called on the event loop with whether the commit succeeded
-Count = Callable[[str, int], None]  # called on the event loop: counter name, increment
+Then = Callable[[], str]  # runs in the writer thread after the commit; a counter name
+Count = Callable[[Mapping[str, int]], None]  # runs on the event loop: counter increments
 
 
 def merge(old: Sighting, new: Sighting) -> Sighting:
@@ -49,7 +50,7 @@ class Writer:
     def __init__(self, backend: DhcpBackend, count: Count) -> None:
         self.backend = backend
         self.count = count
-        self.leases: deque[tuple[Sequence[Lease], Done | None]] = deque()
+        self.leases: deque[tuple[Sequence[Lease], Then | None]] = deque()
         self.sightings: dict[str, Sighting] = {}  # by MAC, oldest first
         self.lock = threading.Lock()  # guards ``sightings`` (deque operations are atomic)
         self.wake = threading.Event()
@@ -62,8 +63,7 @@ class Writer:
         self.thread.start()
 
     async def close(self) -> None:
-        """Writes what is queued, then stops; the last batch's replies are still released
-        (their callbacks are queued on the loop before the join returns)."""
+        """Writes what is queued (and sends its replies), then stops."""
         if self.loop is None:
             return
         self.closing = True
@@ -72,9 +72,10 @@ class Writer:
 
     # --- the event loop's side ---------------------------------------------------------------
 
-    def submit(self, leases: Sequence[Lease], done: Done | None = None) -> None:
-        """Queue lease rows; ``done(ok)`` runs on the loop once they are committed (or not)."""
-        self.leases.append((leases, done))
+    def submit(self, leases: Sequence[Lease], then: Then | None = None) -> None:
+        """Queue lease rows; ``then()`` runs in the writer thread once they are committed, and
+        never if the commit fails. It must be thread-safe; it returns a counter to bump."""
+        self.leases.append((leases, then))
         self.wake.set()
 
     def sight(self, s: Sighting) -> bool:
@@ -104,25 +105,22 @@ class Writer:
                 self.wake.clear()
 
     def _commit_leases(self, loop: asyncio.AbstractEventLoop) -> None:
-        dones: list[Done] = []
+        thens: list[Then] = []
         rows: list[Lease] = []
         while self.leases and len(rows) < MAX_BATCH:
-            items, done = self.leases.popleft()
+            items, then = self.leases.popleft()
             rows.extend(items)
-            if done is not None:
-                dones.append(done)
+            if then is not None:
+                thens.append(then)
         try:
             self.backend.save_leases(rows)
-            ok = True
         except Exception:  # a failed commit costs this batch its replies, not the service
             log.exception("dhcp lease commit failed rows=%d", len(rows))
-            ok = False
-        loop.call_soon_threadsafe(self._release, dones, ok, len(rows))
-
-    def _release(self, dones: list[Done], ok: bool, rows: int) -> None:
-        self.count("leases.committed" if ok else "error.leases", rows if ok else 1)
-        for done in dones:
-            done(ok)
+            loop.call_soon_threadsafe(self.count, {"error.leases": 1})
+            return
+        counts = Counter(then() for then in thens)
+        counts["leases.committed"] = len(rows)
+        loop.call_soon_threadsafe(self.count, counts)
 
     def _write_sightings(self, loop: asyncio.AbstractEventLoop) -> None:
         with self.lock:
@@ -130,8 +128,8 @@ class Writer:
             chunk = [self.sightings.pop(mac) for mac in macs]
         try:
             self.backend.record_sightings(chunk)
-            counter = "sightings.recorded"
+            counts = {"sightings.recorded": len(chunk)}
         except Exception:  # a failed write loses these sightings, nothing else
             log.exception("dhcp sighting write failed count=%d", len(chunk))
-            counter = "error.sightings"
-        loop.call_soon_threadsafe(self.count, counter, len(chunk))
+            counts = {"error.sightings": 1}
+        loop.call_soon_threadsafe(self.count, counts)
