@@ -21,7 +21,7 @@ from ztpd.errors import ConfigError, StoreError, ZtpdError
 from ztpd.images import discovery, installers
 from ztpd.lab import Lab, Settings
 from ztpd.lab import forward as lab_forward
-from ztpd.lifecycle import Trigger
+from ztpd.lifecycle import Trigger, retire_trigger
 from ztpd.matcher import Matcher
 from ztpd.model import Event, Node
 from ztpd.store import Events, Nodes, Store
@@ -271,10 +271,12 @@ def cmd_node(ctx: Ctx, args: argparse.Namespace) -> int:
     store = ctx.store()
     node = Nodes(store).find(args.node)
     detail: dict[str, Any] = {"by": "cli"}
+    trigger = ACTIONS[args.action]
     if args.action == "retire":
         detail["wipe"] = args.wipe
+        trigger = retire_trigger(args.wipe)  # a wipe goes through retiring (the agent wipes)
     t = make_lifecycle(ctx.config, store).fire(
-        node.id, ACTIONS[args.action], cause=args.action, detail=detail, reason=args.reason
+        node.id, trigger, cause=args.action, detail=detail, reason=args.reason
     )
     if args.json:
         _json(t.node.to_dict(), ctx.out)

@@ -273,6 +273,7 @@ class TimeoutsConfig(Section):
     inspecting: Seconds = 900
     deploying: Seconds = 3600
     configuring: Seconds = 3600
+    retiring: Seconds = 12 * 3600  # the agent wipes the disks (a full wipe of big disks: hours)
 
 
 class LifecycleConfig(Section):

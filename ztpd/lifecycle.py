@@ -4,6 +4,7 @@
                → deploying → deployed → configuring → ready
     any live state ──fail──▶ failed (remembers the state it failed in) ──retry──▶ that state
     deployed/configuring/ready/failed ──reprovision──▶ matched;   any ──retire──▶ retired
+    any ──wipe──▶ retiring (the agent erases the disks) ──retire──▶ retired
 
 Every transition updates the node and appends its event in the same transaction. In-progress
 states carry a deadline stored with the node, so timeouts survive a restart of ztpd.
@@ -39,6 +40,7 @@ class State(enum.StrEnum):
     CONFIGURING = "configuring"
     READY = "ready"
     FAILED = "failed"
+    RETIRING = "retiring"  # the discovery agent wipes the disks, then the node is retired
     RETIRED = "retired"
 
 
@@ -58,11 +60,14 @@ class Trigger(enum.StrEnum):
     RETRY = "retry"
     REPROVISION = "reprovision"
     RETIRE = "retire"
+    WIPE = "wipe"  # retire with a disk wipe (retire --wipe metadata|full)
 
 
 S, T = State, Trigger
 # States a node leaves by itself, each with a deadline.
-IN_PROGRESS = frozenset({S.INSPECTING, S.DEPLOYING, S.CONFIGURING})
+IN_PROGRESS = frozenset({S.INSPECTING, S.DEPLOYING, S.CONFIGURING, S.RETIRING})
+# Used when the caller's timeouts name no retiring limit: a full wipe of big disks takes hours.
+DEFAULT_TIMEOUTS = {S.RETIRING.value: 12 * 3600.0}
 _LIVE = frozenset(State) - {S.FAILED, S.RETIRED}
 _PRE_DEPLOY = frozenset({S.DISCOVERED, S.INSPECTED, S.UNMATCHED, S.AWAITING_APPROVAL, S.MATCHED})
 # `retry` goes back to the state the node failed in; this marks that target.
@@ -87,7 +92,15 @@ TABLE: dict[tuple[State, Trigger], State | str] = {
     (S.FAILED, T.RETRY): RETRY_TARGET,
     **{(s, T.REPROVISION): S.MATCHED for s in (S.DEPLOYED, S.CONFIGURING, S.READY, S.FAILED)},
     **{(s, T.RETIRE): S.RETIRED for s in frozenset(State) - {S.RETIRED}},
+    **{(s, T.WIPE): S.RETIRING for s in frozenset(State) - {S.RETIRED, S.RETIRING}},
 }
+WIPE_LEVELS = ("metadata", "full")
+
+
+def retire_trigger(wipe: str | None) -> Trigger:
+    """``retire`` as asked by a person: with a wipe level, through ``retiring`` (the agent wipes
+    the disks first); without one (or ``none``), straight to retired."""
+    return T.WIPE if wipe in WIPE_LEVELS else T.RETIRE
 
 
 def allowed(state: str) -> list[str]:
@@ -129,7 +142,7 @@ class Lifecycle:
     def __init__(self, store: Store, timeouts: Mapping[str, float]) -> None:
         self.store = store
         self.nodes = Nodes(store)
-        self.timeouts = dict(timeouts)
+        self.timeouts = {**DEFAULT_TIMEOUTS, **timeouts}
         missing = {s.value for s in IN_PROGRESS} - set(self.timeouts)
         if missing:
             raise ValueError(f"no timeout for in-progress states {sorted(missing)}")

@@ -340,7 +340,7 @@ async def test_action_returns_resulting_state(client: Client, env: Env) -> None:
         client, "POST", f"{PREFIX}/nodes/3/actions/retire", ACTION, headers=ADMIN_H,
         json={"wipe": "full"},
     )  # fmt: skip
-    assert body["to_state"] == "retired"
+    assert body["to_state"] == "retiring"  # the node's agent wipes its disks, then: retired
     last = env.store.query_one("SELECT detail FROM events WHERE id = ?", (body["event_id"],))
     assert last is not None
     assert json.loads(last["detail"]) == {"by": "ops", "wipe": "full"}

@@ -93,8 +93,9 @@ def test_actions_follow_the_lifecycle(seeded: Path) -> None:
     r = run(seeded, "node", "reprovision", "SER-A")
     assert r.returncode == 1
     assert "'reprovision' is not allowed for a node in state inspecting" in r.stderr
+    # With a wipe, the node's agent erases its disks first (retiring, then retired).
     r = run(seeded, "node", "retire", "SER-A", "--wipe", "metadata", "--json")
-    assert json.loads(r.stdout)["state"] == "retired"
+    assert json.loads(r.stdout)["state"] == "retiring"
     events = run(seeded, "events", "--node", "SER-A", "--json").stdout.splitlines()
     assert json.loads(events[-1])["detail"] == {"by": "cli", "wipe": "metadata"}
 

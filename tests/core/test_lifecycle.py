@@ -9,7 +9,15 @@ import pytest
 
 from ztpd.errors import IllegalTransition
 from ztpd.identity import Identity
-from ztpd.lifecycle import IN_PROGRESS, Lifecycle, State, Trigger, next_state
+from ztpd.lifecycle import (
+    DEFAULT_TIMEOUTS,
+    IN_PROGRESS,
+    Lifecycle,
+    State,
+    Trigger,
+    next_state,
+    retire_trigger,
+)
 from ztpd.store import Events, Nodes, Store
 
 from .conftest import TIMEOUTS, FakeClock
@@ -35,9 +43,10 @@ EXPECTED: dict[tuple[State, Trigger], State] = {
     (S.DEPLOYED, T.CONFIGURE): S.CONFIGURING,
     (S.CONFIGURING, T.CONFIGURED): S.READY,
     **{(s, T.FAIL): S.FAILED for s in LIVE},
-    **{(s, T.TIMEOUT): S.FAILED for s in (S.INSPECTING, S.DEPLOYING, S.CONFIGURING)},
+    **{(s, T.TIMEOUT): S.FAILED for s in (S.INSPECTING, S.DEPLOYING, S.CONFIGURING, S.RETIRING)},
     **{(s, T.REPROVISION): S.MATCHED for s in (S.DEPLOYED, S.CONFIGURING, S.READY, S.FAILED)},
     **{(s, T.RETIRE): S.RETIRED for s in State if s != S.RETIRED},
+    **{(s, T.WIPE): S.RETIRING for s in State if s not in (S.RETIRED, S.RETIRING)},
 }
 ALL_PAIRS = [(s, t) for s in State for t in Trigger if t != T.RETRY]
 
@@ -49,6 +58,15 @@ def test_table_matches_specification(state: State, trigger: Trigger) -> None:
     else:
         with pytest.raises(IllegalTransition, match=f"not allowed for a node in state {state}"):
             next_state(state, trigger)
+
+
+@pytest.mark.parametrize(
+    ("wipe", "trigger"),
+    [(None, T.RETIRE), ("none", T.RETIRE), ("metadata", T.WIPE), ("full", T.WIPE)],
+)
+def test_retire_with_a_wipe_goes_through_retiring(wipe: str | None, trigger: Trigger) -> None:
+    assert retire_trigger(wipe) == trigger
+    assert next_state(S.DEPLOYED, retire_trigger(wipe)) in (S.RETIRED, S.RETIRING)
 
 
 @pytest.mark.parametrize("failed_in", [S.INSPECTING, S.DEPLOYING, S.MATCHED, S.READY])
@@ -156,10 +174,14 @@ def test_in_progress_states_time_out_with_reason(
         "inspecting": [T.INSPECT],
         "deploying": [T.INSPECT, T.INSPECTED, T.MATCH, T.DEPLOY],
         "configuring": [T.INSPECT, T.INSPECTED, T.MATCH, T.DEPLOY, T.DEPLOYED, T.CONFIGURE],
+        "retiring": [T.WIPE],
     }[state]
     walk(lifecycle, nid, *path)
-    assert nodes.get(nid).deadline == clock.now + TIMEOUTS[state]
-    clock.advance(TIMEOUTS[state] - 1)
+    # retiring's limit is the lifecycle's default when the configured timeouts name none.
+    limit = TIMEOUTS.get(state, DEFAULT_TIMEOUTS.get(state))
+    assert limit is not None
+    assert nodes.get(nid).deadline == clock.now + limit
+    clock.advance(limit - 1)
     assert lifecycle.expire_due() == []
     clock.advance(1)
     [t] = lifecycle.expire_due()

@@ -17,6 +17,7 @@ import pytest
 from tests.discovery.conftest import Site, new_node, serve
 from tests.discovery.test_collect import _tar, two_nic_server
 from ztpd.identity import Identity
+from ztpd.lifecycle import Trigger, retire_trigger
 from ztpd.store import Events, Nodes
 
 MAC = "b4:96:91:aa:00:01"  # the hand-made server's boot NIC
@@ -185,3 +186,56 @@ async def test_next_action_delivers_an_order_once(site: Site) -> None:
             async with http.get(f"{site.url}/agent/v1/next", headers=auth(site.token)) as r:
                 got.append((await r.json())["action"])
     assert got == ["reboot", "wait"]
+
+
+async def next_action(http: aiohttp.ClientSession, site: Site) -> dict[str, Any]:
+    async with http.get(f"{site.url}/agent/v1/next", headers=auth(site.token)) as r:
+        assert r.status == 200
+        body: dict[str, Any] = await r.json()
+        return body
+
+
+async def test_a_matched_node_is_told_to_reboot_into_its_install(site: Site) -> None:
+    site.lifecycle.fire(site.node_id, Trigger.INSPECTED, cause="test")
+    site.lifecycle.fire(site.node_id, Trigger.MATCH, cause="test", profile="p")
+    async with aiohttp.ClientSession() as http:
+        assert (await next_action(http, site))["action"] == "reboot"
+
+
+@pytest.mark.parametrize(("level", "reported"), [("full", "wiped"), ("metadata", "failed")])
+async def test_retire_with_wipe_runs_through_the_agent(
+    site: Site, level: str, reported: str
+) -> None:
+    site.lifecycle.fire(site.node_id, retire_trigger(level), cause="retire", detail={"wipe": level})
+    url = f"{site.url}/agent/v1/wipe"
+    async with aiohttp.ClientSession() as http:
+        assert await next_action(http, site) == {"action": "wipe", "level": level, "interval": 2.0}
+        status, body = await post(http, url, b'{"status": "done"}', site.token, "application/json")
+        assert status == 400 and "wiped or failed" in body["error"]["message"]
+        report = json.dumps({"status": reported, "disks": "vda sda", "message": "EIO on sda"})
+        status, _ = await post(http, url, report.encode(), site.token, "application/json")
+        assert status == 200
+        node = Nodes(site.store).get(site.node_id)
+        if reported == "wiped":
+            assert node.state == "retired"
+            assert (await next_action(http, site))["action"] == "poweroff"
+        else:
+            assert (node.state, node.reason) == ("failed", "disk wipe failed: EIO on sda")
+            assert (await next_action(http, site))["action"] == "wait"
+        # Reported twice: the node is no longer retiring.
+        status, body = await post(http, url, report.encode(), site.token, "application/json")
+        assert status == 409, body
+    [moved] = [e for e in events(site, "transition") if e["cause"] in ("wiped", "wipe")]
+    assert moved["detail"] == {"wipe": level, "disks": "vda sda"} | (
+        {"reason": "disk wipe failed: EIO on sda"} if reported == "failed" else {}
+    )
+
+
+async def test_deploy_reports_need_image_deploy(site: Site) -> None:
+    async with aiohttp.ClientSession() as http:
+        url = f"{site.url}/agent/v1/deploy"
+        status, body = await post(http, url, b"[1]", site.token, "application/json")
+        assert status == 400 and body["error"]["message"] == "deploy report must be a JSON object"
+        written = b'{"status": "written"}'
+        status, body = await post(http, url, written, site.token, "application/json")
+        assert status == 404 and "not enabled" in body["error"]["message"]

@@ -14,6 +14,9 @@ which node is speaking.
                                what to write where (ztpd/install/deploy.py)
     POST /agent/v1/deploy      {"status": progress|written|failed, ...}: the image write's
                                progress and outcome (ztpd/install/deploy.py); 409 unless deploying
+    POST /agent/v1/wipe        {"status": wiped|failed, "message", "disks"}: a retiring node's
+                               agent was told {"action": "wipe", "level": metadata|full} and
+                               erased every disk; wiped → retired, failed → failed; 409 otherwise
     GET  /api/v1/nodes/{id}/agent-log   the console log (operator-facing, behind ``guard``)
 
 Bad input gets a 4xx naming what was wrong and an event on the node; a rejected inventory
@@ -42,7 +45,7 @@ from ztpd.errors import BadRequest, Forbidden, IllegalTransition, NotFound
 from ztpd.identity import Identity
 from ztpd.inventory.collect import Bundle, collect, identity
 from ztpd.inventory.schema import Inventory
-from ztpd.lifecycle import Lifecycle, State, Trigger
+from ztpd.lifecycle import WIPE_LEVELS, Lifecycle, State, Trigger
 from ztpd.model import Node
 from ztpd.store import Nodes, Store
 from ztpd.tokens import Tokens
@@ -272,19 +275,58 @@ class AgentService:
     def next_action(self, node_id: int) -> dict[str, Any]:
         """The action ordered for the agent (delivered once), else what the node's state asks
         for: poweroff when retired, reboot when matched (to PXE boot its install), the image
-        write when deploying; else wait."""
+        write when deploying, the disk wipe when retiring; else wait."""
         with self.store.transaction() as conn:
             row = self.store.query_one("SELECT action FROM agents WHERE node_id = ?", (node_id,))
             action = row["action"] if row and row["action"] else None
             if action:
                 conn.execute("UPDATE agents SET action = NULL WHERE node_id = ?", (node_id,))
+        interval = {"interval": self.heartbeat_interval}
         if action is not None:
-            return {"action": action, "interval": self.heartbeat_interval}
+            return {"action": action, **interval}
         node = self.nodes.get(node_id)
         if node.state == State.DEPLOYING and self.deploy is not None:
-            return {**self.deploy.action(node), "interval": self.heartbeat_interval}
+            return {**self.deploy.action(node), **interval}
+        if node.state == State.RETIRING:
+            return {"action": "wipe", "level": self.wipe_level(node_id), **interval}
         action = {State.RETIRED: "poweroff", State.MATCHED: "reboot"}.get(State(node.state))
-        return {"action": action or "wait", "interval": self.heartbeat_interval}
+        return {"action": action or "wait", **interval}
+
+    def wipe_level(self, node_id: int) -> str:
+        """The level the retire that made the node retiring asked for (metadata if unknown)."""
+        row = self.store.query_one(
+            "SELECT detail FROM events WHERE node_id = ? AND kind = 'transition' "
+            "AND to_state = ? ORDER BY id DESC LIMIT 1",
+            (node_id, State.RETIRING.value),
+        )
+        level = json.loads(row["detail"] or "{}").get("wipe") if row else None
+        return level if level in WIPE_LEVELS else "metadata"
+
+    def wiped(self, node_id: int, doc: dict[str, Any]) -> None:
+        """The agent's wipe report: retiring → retired, or failed with its message."""
+        status, disks = doc.get("status"), str(doc.get("disks") or "")[:500]
+        if status not in ("wiped", "failed"):
+            raise BadRequest("wipe report: status must be wiped or failed")
+        level = self.wipe_level(node_id)
+        if status == "wiped":
+            self.lifecycle.fire(
+                node_id,
+                Trigger.RETIRE,
+                cause="wiped",
+                detail={"wipe": level, "disks": disks},
+                expect=State.RETIRING,
+            )
+        else:
+            message = str(doc.get("message") or "no message")[:500]
+            self.lifecycle.fire(
+                node_id,
+                Trigger.FAIL,
+                cause="wipe",
+                reason=f"disk wipe failed: {message}",
+                detail={"wipe": level, "disks": disks},
+                expect=State.RETIRING,
+            )
+        log.info("wipe reported node=%s status=%s level=%s disks=%s", node_id, status, level, disks)
 
     def order(self, node_id: int, action: str) -> None:
         """Queue ``action`` for the node's agent (its next poll gets it)."""
@@ -442,13 +484,7 @@ async def post_log(request: web.Request) -> web.Response:
 async def post_heartbeat(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     node_id = await _authenticate(request)
-    body = await _body(request, node_id, 4096)
-    try:
-        doc = json.loads(body or b"{}")
-    except ValueError as e:
-        raise BadRequest(f"heartbeat body is not JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise BadRequest("heartbeat body must be a JSON object")
+    doc = _json_object(await _body(request, node_id, 4096), "heartbeat body")
     boot, stage = doc.get("boot"), doc.get("stage")
     if not all(v is None or (isinstance(v, str) and len(v) <= 64) for v in (boot, stage)):
         raise BadRequest("heartbeat boot and stage must be strings of at most 64 characters")
@@ -471,19 +507,32 @@ async def get_next(request: web.Request) -> web.Response:
     return web.json_response(await asyncio.to_thread(service.next_action, node_id))
 
 
-async def post_deploy(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    node_id = await _authenticate(request)
-    body = await _body(request, node_id, 4096)
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(body or b"{}")
     except ValueError as e:
-        raise BadRequest(f"deploy report is not JSON: {e}") from None
+        raise BadRequest(f"{what} is not JSON: {e}") from None
     if not isinstance(doc, dict):
-        raise BadRequest("deploy report must be a JSON object")
+        raise BadRequest(f"{what} must be a JSON object")
+    return doc
+
+
+async def post_deploy(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    node_id = await _authenticate(request)
+    doc = _json_object(await _body(request, node_id, 4096), "deploy report")
     if service.deploy is None:
         raise NotFound("image deploy is not enabled on this ztpd")
     await asyncio.to_thread(service.deploy.report, node_id, doc)
+    await asyncio.to_thread(service.seen, node_id, request.remote)
+    return web.json_response({"ok": True})
+
+
+async def post_wipe(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    node_id = await _authenticate(request)
+    doc = _json_object(await _body(request, node_id, 4096), "wipe report")
+    await asyncio.to_thread(service.wiped, node_id, doc)
     await asyncio.to_thread(service.seen, node_id, request.remote)
     return web.json_response({"ok": True})
 
@@ -510,4 +559,5 @@ def add_agent_routes(
     app.router.add_post(f"{PREFIX}/heartbeat", post_heartbeat)
     app.router.add_get(f"{PREFIX}/next", get_next)
     app.router.add_post(f"{PREFIX}/deploy", post_deploy)
+    app.router.add_post(f"{PREFIX}/wipe", post_wipe)
     app.router.add_get("/api/v1/nodes/{node}/agent-log", guard(get_log))

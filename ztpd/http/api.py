@@ -30,7 +30,7 @@ from ztpd.http.auth import Auth, Principal, Role
 from ztpd.http.openapi import document
 from ztpd.http.server import error_response
 from ztpd.identity import normalize_mac
-from ztpd.lifecycle import IN_PROGRESS, Lifecycle, State, Transition, Trigger
+from ztpd.lifecycle import IN_PROGRESS, Lifecycle, State, Transition, Trigger, retire_trigger
 from ztpd.metrics import CONTENT_TYPE, Metrics
 from ztpd.store import Nodes, Store
 
@@ -433,7 +433,7 @@ class ActionBody(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     reason: str | None = Field(default=None, max_length=500)
-    # retire only; unset = the profile's on_retire wipe policy applies
+    # retire only: metadata or full goes through retiring (the agent wipes); unset/none: retired
     wipe: Literal["none", "metadata", "full"] | None = None
 
 
@@ -464,10 +464,10 @@ def act(
     detail: dict[str, Any] = {"by": principal.name}
     if body.wipe is not None:
         detail["wipe"] = body.wipe
+    # retire with a wipe level goes through retiring: the node's agent erases its disks first.
+    trigger = retire_trigger(body.wipe) if action == "retire" else TRIGGERS[action]
     log.info("node action node=%s action=%s by=%s", node_id, action, principal.name)
-    return deps.lifecycle.fire(
-        node_id, TRIGGERS[action], cause=action, detail=detail, reason=body.reason
-    )
+    return deps.lifecycle.fire(node_id, trigger, cause=action, detail=detail, reason=body.reason)
 
 
 async def node_action(request: web.Request, who: Principal) -> web.Response:

@@ -54,6 +54,8 @@ SCRIPT_FOR_STATE: dict[str, str] = {
     "configuring": "local",
     "ready": "local",
     "failed": "failed",
+    # The agent wipes the disks (retire --wipe), then the node is retired.
+    "retiring": "discovery",
     "retired": "retired",
 }
 # States whose discovery boot starts (another) inspection; `inspecting` already is one.

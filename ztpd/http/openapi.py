@@ -231,7 +231,8 @@ SCHEMAS: dict[str, Schema] = {
         "properties": {
             "reason": {**null(STR), "description": "recorded with the event (max 500 chars)"},
             "wipe": {
-                "description": "retire only: what to erase; unset = the profile's on_retire",
+                "description": "retire only: metadata or full has the node's agent erase its "
+                "disks first (state retiring); unset or none retires at once",
                 "anyOf": [
                     {"type": "string", "enum": ["none", "metadata", "full"]},
                     {"type": "null"},
