@@ -56,7 +56,7 @@ e2e: deps images os-image
 
 # iPXE loaders from Debian's ipxe package into images/ (re-runs offline from images/cache/).
 images: venv discovery-image
-	$(BIN)/python -c 'from pathlib import Path; from ztpd.images import fetch; print(fetch(Path("images")).to_dict())'
+	$(BIN)/python -c 'from pathlib import Path; from ztpd.images import fetch, installers; print(fetch(Path("images")).to_dict()); print({r: m.to_dict() for r, m in installers.fetch(Path("images")).items()})'
 
 # The discovery kernel + initrd into images/discovery/ (re-runs offline from images/cache/discovery/).
 discovery-image: venv
