@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ztpd.errors import ZtpdError
-from ztpd.lab.vm import BIOS_NIC_ROM, OVMF_CODE, SHAPES, VmFiles, VmSpec, plan, qemu_argv
+from ztpd.lab.vm import BIOS_NIC_ROM, DISK_OPTS, OVMF_CODE, SHAPES, VmFiles, VmSpec, plan, qemu_argv
 
 
 def _opts(argv: list[str], flag: str) -> list[str]:
@@ -75,8 +75,8 @@ def test_bios_argv(tmp_path: Path) -> None:
         f"virtio-blk-pci,drive=disk1,serial={spec.serial}-D1",
     ]
     assert _opts(argv, "-drive") == [
-        f"if=none,id=disk0,format=qcow2,file={files.disk(0)}",
-        f"if=none,id=disk1,format=qcow2,file={files.disk(1)}",
+        f"if=none,id=disk0,format=qcow2,file={files.disk(0)},{DISK_OPTS}",
+        f"if=none,id=disk1,format=qcow2,file={files.disk(1)},{DISK_OPTS}",
     ]
     assert "pflash" not in " ".join(argv)
 

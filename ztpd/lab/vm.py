@@ -31,6 +31,7 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 BIOS_NIC_ROM = Path("/usr/lib/ipxe/qemu/pxe-e1000.rom")
 KVM_PROBE_SECONDS = 5.0
+DISK_OPTS = "cache=unsafe,discard=unmap,detect-zeroes=unmap"
 UUID_NAMESPACE = uuid.UUID("6c2b8d0e-2f4b-4f53-9a3e-7a1d2c5b9e01")
 
 
@@ -185,11 +186,13 @@ def qemu_argv(spec: VmSpec, files: VmFiles, accel: str, *, bmc: str | None = Non
             f"{nic},netdev=net{n},mac={mac}{boot}",
         ]
     for n in range(len(shape.disks_gb)):
-        # The first disk boots once the network says "boot local" (iPXE exits).
+        # The first disk boots once the network says "boot local" (iPXE exits). A lab disk
+        # needs no durability against a host crash, so guest flushes are ignored (unsafe); and
+        # zero blocks of an image write stay unallocated (detect-zeroes) — both speed TCG up.
         boot = ",bootindex=2" if n == 0 else ""
         argv += [
             "-drive",
-            f"if=none,id=disk{n},format=qcow2,file={files.disk(n)}",
+            f"if=none,id=disk{n},format=qcow2,file={files.disk(n)},{DISK_OPTS}",
             "-device",
             f"virtio-blk-pci,drive=disk{n},serial={spec.serial}-D{n}{boot}",
         ]
