@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -44,10 +45,18 @@ class Step:
     sent: int
     acked: int
     p50_ms: float | None
+    cpu_us: float | None = None  # the server's CPU time per completed exchange
 
     @property
     def drop(self) -> float:
         return 1 - self.acked / self.sent if self.sent else 1.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all threads: a cost measure that, unlike latency,
+    hardly depends on how busy the rest of the machine is."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_ztpd(ns: Netns, state: Path, sync: str = "full") -> None:
@@ -189,14 +198,19 @@ def ramp(name: str, rates: list[int], seconds: int) -> list[Step]:
     steps: list[Step] = []
     with server_lan(name) as (srv, cli, state):
         STARTERS[name](srv, state)
+        server = srv.procs[-1].pid  # ip netns exec and env exec the server itself
         failed = 0
         for i, rate in enumerate(rates):
+            before = cpu_seconds(server)
             step = perfdhcp(cli, rate, seconds, base=i + 1)
+            if step.acked:
+                step.cpu_us = (cpu_seconds(server) - before) / step.acked * 1e6
             steps.append(step)
             p50 = "-" if step.p50_ms is None else f"{step.p50_ms:.3f}"
+            cpu = "-" if step.cpu_us is None else f"{step.cpu_us:.0f}"
             print(
-                f"  {name:8} rate={rate:5}/s sent={step.sent:6} acked={step.acked:6} "
-                f"drop={step.drop:6.2%} p50={p50} ms",
+                f"  {name:11} rate={rate:5}/s sent={step.sent:6} acked={step.acked:6} "
+                f"drop={step.drop:6.2%} p50={p50} ms cpu={cpu} µs/exchange",
                 flush=True,
             )
             failed = failed + 1 if step.drop >= MAX_DROP else 0
@@ -208,6 +222,12 @@ def ramp(name: str, rates: list[int], seconds: int) -> list[Step]:
 def best(steps: list[Step]) -> Step | None:
     ok = [s for s in steps if s.drop < MAX_DROP]
     return max(ok, key=lambda s: s.rate) if ok else None
+
+
+def cpu(steps: list[Step]) -> float:
+    """Median CPU per exchange over the steps a server kept up with (<1% drops)."""
+    costs = [s.cpu_us for s in steps if s.drop < MAX_DROP and s.cpu_us is not None]
+    return statistics.median(costs) if costs else float("nan")
 
 
 def main() -> None:
@@ -225,9 +245,10 @@ def main() -> None:
     kea = best(results.get("kea", []))
     print(f"\nresults ({time.time() - started:.0f}s; p50 = median request→reply, DO and RA)")
     print(
-        f"{'server':8} {'max rate <1% drop':>18} {'p50 ms':>8} {'p50@1000':>9} "
-        f"{'rate/kea':>9} {'p50/kea':>8}"
+        f"{'server':11} {'max rate <1% drop':>18} {'p50 ms':>8} {'p50@1000':>9} "
+        f"{'rate/kea':>9} {'p50/kea':>8} {'cpu µs/exch':>12} {'cpu/kea':>8}"
     )
+    kea_cpu = cpu(results.get("kea", []))
     for name, steps in results.items():
         b = best(steps)
         at1k = next((s for s in steps if s.rate == 1000), None)
@@ -236,7 +257,11 @@ def main() -> None:
         p1k = at1k.p50_ms if at1k and at1k.p50_ms is not None else float("nan")
         rr = rate / kea.rate if kea and kea.rate else float("nan")
         pr = p50 / kea.p50_ms if kea and kea.p50_ms else float("nan")
-        print(f"{name:8} {rate:>16}/s {p50:8.3f} {p1k:9.3f} {rr:9.2f} {pr:8.2f}")
+        c = cpu(steps)
+        cr = c / kea_cpu if kea_cpu else float("nan")
+        print(
+            f"{name:11} {rate:>16}/s {p50:8.3f} {p1k:9.3f} {rr:9.2f} {pr:8.2f} {c:12.0f} {cr:8.2f}"
+        )
 
 
 if __name__ == "__main__":

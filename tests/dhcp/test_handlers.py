@@ -210,6 +210,20 @@ def test_a_link_we_do_not_serve_gets_no_answer() -> None:
     assert isinstance(out, Ignore) and out.reason == "no subnet for link=10.99.0.1 interface=eth0"
 
 
+@pytest.mark.parametrize(
+    ("fields", "creates"),
+    [
+        ({"giaddr": "10.20.0.1"}, False),  # relayed, says nothing about the machine
+        ({"giaddr": "10.20.0.1", "circuit_id": b"p7", "relay_agent": b"\x01\x02p7"}, True),
+        ({"giaddr": "10.20.0.1", **pxe(7)}, True),
+    ],
+)
+def test_which_sightings_may_create_a_node(fields: dict[str, object], creates: bool) -> None:
+    out = full().handle(req(**fields), Arrival(IFACE, "10.20.0.1", 67), NOW)
+    assert isinstance(out, Outcome) and out.sighting is not None
+    assert out.sighting.creates is creates
+
+
 def test_loaded_leases_are_respected() -> None:
     book = LeaseBook(list(CONFIG.subnets))
     book.load([Lease("10.0.0.10", "02:00:00:00:00:07", None, "10.0.0.0/24", BOUND, NOW + 60)])

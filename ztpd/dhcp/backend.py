@@ -21,6 +21,7 @@ class Sighting:
     arch: str | None = None  # x86_64, arm64
     ip: str | None = None  # the address it was given, in full mode
     facts: dict[str, Any] = field(default_factory=dict)  # vendor class, firmware, relay info
+    creates: bool = True  # False: record it only on a node that already has this MAC
 
 
 class DhcpBackend(Protocol):
@@ -33,7 +34,8 @@ class DhcpBackend(Protocol):
         ...
 
     def record_sightings(self, sightings: Sequence[Sighting]) -> None:
-        """Record boot facts on each machine's node, creating nodes in ``discovered``."""
+        """Record boot facts on each machine's node, creating nodes in ``discovered`` (unless
+        the sighting says it ``creates`` none)."""
         ...
 
     def close(self) -> None:

@@ -85,7 +85,10 @@ def _relay_facts(req: Request) -> dict[str, Any]:
 
 
 def sighting(req: Request, choice: BootChoice | None, ip: str | None = None) -> Sighting | None:
-    """What to record on the node: boot clients, and any client a relay told us about."""
+    """What to record on the node: boot clients, and any client a relay told us about. A
+    machine becomes a node when it network-boots or a relay says where it is cabled (option
+    82); a relayed client that does neither (a printer, a node's installed OS) only updates
+    the node its MAC already belongs to."""
     facts = _relay_facts(req)
     if choice is None and not facts:
         return None
@@ -101,7 +104,8 @@ def sighting(req: Request, choice: BootChoice | None, ip: str | None = None) -> 
         )
     if req.hostname:
         facts["hostname"] = req.hostname
-    return Sighting(req.mac, req.uuid, choice.node_arch if choice else None, ip, facts)
+    creates = choice is not None or req.circuit_id is not None or req.remote_id is not None
+    return Sighting(req.mac, req.uuid, choice.node_arch if choice else None, ip, facts, creates)
 
 
 def _base(req: Request, mt: Msg, server: str) -> dict[str, Any]:

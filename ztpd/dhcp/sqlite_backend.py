@@ -69,6 +69,8 @@ class SqliteBackend:
         with self.writes.transaction():
             for s in sightings:
                 try:
+                    if not s.creates and self.nodes.by_mac(s.mac) is None:
+                        continue
                     node = self.nodes.observe(
                         Identity.of(macs=[s.mac], uuid=s.uuid),
                         cause="dhcp",

@@ -6,8 +6,10 @@ no hop back to the event loop (which may be busy reading a burst), and the kerne
 sending runs beside the loop, on the other core. No ACK leaves before its lease is committed.
 Sightings (boot facts for the node records) are not on the ACK path: they are coalesced per
 MAC and written in small chunks while no lease is waiting, so a storm of new clients delays
-node bookkeeping, never an ACK. One thread means the two kinds of write never
-contend for SQLite's write lock.
+node bookkeeping, never an ACK. Writing a sighting is mostly Python (identity resolution,
+events, JSON), so it holds the GIL the event loop needs for every packet: while packets are
+flowing, sightings get at most SIGHTING_SHARE of the time; they catch up when traffic stops.
+One thread means the two kinds of write never contend for SQLite's write lock.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from itertools import islice
@@ -26,6 +29,8 @@ log = logging.getLogger("ztpd.dhcp")
 
 MAX_BATCH = 512  # lease rows per commit
 SIGHTING_CHUNK = 4  # sightings per transaction: small, so a waiting lease is not held up long
+SIGHTING_SHARE = 0.05  # of the writer's time, for sightings, while packets are flowing
+BUSY = 0.2  # seconds since the last packet's hand-off during which packets count as flowing
 MAX_PENDING_SIGHTINGS = 10_000  # beyond this, new MACs' sightings are dropped (and counted)
 
 Then = Callable[[], str]  # runs in the writer thread after the commit; a counter name
@@ -40,6 +45,7 @@ def merge(old: Sighting, new: Sighting) -> Sighting:
         new.arch or old.arch,
         new.ip or old.ip,
         {**old.facts, **new.facts},
+        old.creates or new.creates,
     )
 
 
@@ -55,6 +61,8 @@ class Writer:
         self.lock = threading.Lock()  # guards ``sightings`` (deque operations are atomic)
         self.wake = threading.Event()
         self.closing = False
+        self.last_packet = 0.0  # time.monotonic() of the last submit or sight
+        self.resume = 0.0  # time.monotonic() before which no sighting is written
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = threading.Thread(target=self._run, name="dhcp-writer", daemon=True)
 
@@ -76,6 +84,7 @@ class Writer:
         """Queue lease rows; ``then()`` runs in the writer thread once they are committed, and
         never if the commit fails. It must be thread-safe; it returns a counter to bump."""
         self.leases.append((leases, then))
+        self.last_packet = time.monotonic()
         self.wake.set()
 
     def sight(self, s: Sighting) -> bool:
@@ -86,6 +95,7 @@ class Writer:
             if old is None and len(self.sightings) >= MAX_PENDING_SIGHTINGS:
                 return False
             self.sightings[s.mac] = s if old is None else merge(old, s)
+        self.last_packet = time.monotonic()
         self.wake.set()
         return True
 
@@ -96,13 +106,17 @@ class Writer:
         while True:
             if self.leases:
                 self._commit_leases(self.loop)
-            elif self.sightings:
-                self._write_sightings(self.loop)
+                continue
+            pause = None  # wait until woken
+            if self.sightings:
+                pause = 0.0 if self.closing else self.resume - time.monotonic()
+                if pause <= 0:
+                    self._write_sightings(self.loop)
+                    continue
             elif self.closing:
                 return
-            else:
-                self.wake.wait()
-                self.wake.clear()
+            self.wake.wait(pause)
+            self.wake.clear()  # whatever woke us is found by the checks above
 
     def _commit_leases(self, loop: asyncio.AbstractEventLoop) -> None:
         thens: list[Then] = []
@@ -123,6 +137,7 @@ class Writer:
         loop.call_soon_threadsafe(self.count, counts)
 
     def _write_sightings(self, loop: asyncio.AbstractEventLoop) -> None:
+        start = time.monotonic()
         with self.lock:
             macs = list(islice(self.sightings, SIGHTING_CHUNK))
             chunk = [self.sightings.pop(mac) for mac in macs]
@@ -133,3 +148,6 @@ class Writer:
             log.exception("dhcp sighting write failed count=%d", len(chunk))
             counts = {"error.sightings": 1}
         loop.call_soon_threadsafe(self.count, counts)
+        end = time.monotonic()
+        if end - self.last_packet < BUSY:
+            self.resume = end + (end - start) * (1 - SIGHTING_SHARE) / SIGHTING_SHARE
