@@ -88,31 +88,29 @@ def client_script(ns: Netns, *args: str, timeout: float = 60) -> list[dict[str, 
     return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
 
 
+# Full mode on 10.9.0.1/24 (pool .100-.199), plus a relayed 10.20.0.0/24.
+FULL: dict[str, Any] = {
+    "mode": "full",
+    "interfaces": ["eth0"],
+    "lease_time": 600,
+    "subnets": [
+        {
+            "subnet": "10.9.0.0/24",
+            "pools": [{"start": "10.9.0.100", "end": "10.9.0.199"}],
+            "router": "10.9.0.1",
+            "dns": ["10.9.0.1"],
+            "domain": "edge.test",
+        },
+        {
+            "subnet": "10.20.0.0/24",
+            "pools": [{"start": "10.20.0.50", "end": "10.20.0.99"}],
+            "router": "10.20.0.1",
+        },
+    ],
+}
+
+
 @pytest.fixture
 def full_lan(lan: Lan, tmp_path: Path) -> tuple[Lan, Ztpd]:
-    """ztpd in full mode on 10.9.0.1/24 (pool .100-.199), plus a relayed 10.20.0.0/24."""
-    server = lan.host("srv", "10.9.0.1/24")
-    z = Ztpd(
-        server,
-        tmp_path,
-        {
-            "mode": "full",
-            "interfaces": ["eth0"],
-            "lease_time": 600,
-            "subnets": [
-                {
-                    "subnet": "10.9.0.0/24",
-                    "pools": [{"start": "10.9.0.100", "end": "10.9.0.199"}],
-                    "router": "10.9.0.1",
-                    "dns": ["10.9.0.1"],
-                    "domain": "edge.test",
-                },
-                {
-                    "subnet": "10.20.0.0/24",
-                    "pools": [{"start": "10.20.0.50", "end": "10.20.0.99"}],
-                    "router": "10.20.0.1",
-                },
-            ],
-        },
-    )
-    return lan, z.start()
+    """ztpd in full mode (``FULL``) on a fresh LAN, started."""
+    return lan, Ztpd(lan.host("srv", "10.9.0.1/24"), tmp_path, FULL).start()

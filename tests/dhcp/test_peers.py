@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dhcp.conftest import CLIENTS, Ztpd, client_script
+from tests.dhcp.conftest import CLIENTS, FULL, Ztpd, client_script
 from tests.netns import Lan, require, wait_for
 
 pytestmark = pytest.mark.netns
@@ -246,13 +246,7 @@ def test_no_ack_when_the_lease_commit_fails(lan: Lan, tmp_path: Path) -> None:
     z = Ztpd(
         lan.host("srv", "10.9.0.1/24"),
         tmp_path,
-        {
-            "mode": "full",
-            "interfaces": ["eth0"],
-            "subnets": [
-                {"subnet": "10.9.0.0/24", "pools": [{"start": "10.9.0.100", "end": "10.9.0.199"}]}
-            ],
-        },
+        FULL,
         args=("--broken-leases",),
     ).start()
     relay = lan.host("relay", "10.9.0.254/24")
@@ -302,8 +296,10 @@ def test_perfdhcp_relay_mode_completes_exchanges(full_lan: tuple[Lan, Ztpd]) -> 
     assert len(lease_rows(z, "bound")) >= 36
 
 
-def test_kill_9_never_hands_an_address_to_two_clients(full_lan: tuple[Lan, Ztpd]) -> None:
-    lan, z = full_lan
+@pytest.mark.parametrize("sync", ["full", "normal"])
+def test_kill_9_never_hands_an_address_to_two_clients(lan: Lan, tmp_path: Path, sync: str) -> None:
+    """With either dhcp.lease_sync, an ACKed lease survives ztpd being killed mid-storm."""
+    z = Ztpd(lan.host("srv", "10.9.0.1/24"), tmp_path, {**FULL, "lease_sync": sync}).start()
     relay = lan.host("relay", "10.9.0.254/24")
     argv = [
         sys.executable,
