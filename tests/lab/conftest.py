@@ -33,7 +33,7 @@ from ztpd.identity import normalize_mac
 from ztpd.lab import LabState
 from ztpd.lab.lab import proc_start
 from ztpd.lab.net import namespaces
-from ztpd.lab.watch import Progress
+from ztpd.lab.watch import Progress, ready
 from ztpd.lifecycle import State
 from ztpd.model import Event, Node
 from ztpd.store import Events, Nodes, Store
@@ -114,7 +114,13 @@ class LabRun:
 
     def _store(self) -> Store | None:
         db = self.state / "ztpd" / "ztpd.db"
-        return Store(db, read_only=True) if db.exists() else None
+        if not db.exists():
+            return None
+        store = Store(db, read_only=True)
+        if not ready(store):
+            store.close()
+            return None
+        return store
 
     def macs(self, vm: str) -> set[str]:
         spec = next(v for v in self.recorded().get("vms", []) if v["name"] == vm)

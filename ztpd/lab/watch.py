@@ -69,7 +69,8 @@ class Progress:
         except StoreError:
             return
         try:
-            self._poll(store)
+            if ready(store):
+                self._poll(store)
         finally:
             store.close()
 
@@ -193,6 +194,11 @@ class Progress:
         done = len(self.vms) - len(reasons)
         title = f"summary: {done} of {len(self.vms)} nodes installed (seconds from power-on)\n"
         return title + _format(rows) + "".join(reasons)
+
+
+def ready(store: Store) -> bool:
+    """The daemon has created its schema (the file exists a moment before its tables do)."""
+    return bool(store.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'"))
 
 
 def _format(rows: list[list[str]]) -> str:
