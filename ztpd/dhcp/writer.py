@@ -132,8 +132,13 @@ class Writer:
             log.exception("dhcp lease commit failed rows=%d", len(rows))
             loop.call_soon_threadsafe(self.count, {"error.leases": 1})
             return
-        counts = Counter(then() for then in thens)
-        counts["leases.committed"] = len(rows)
+        counts: Counter[str] = Counter({"leases.committed": len(rows)})
+        for then in thens:
+            try:
+                counts[then()] += 1
+            except Exception:  # a bug in one reply must not stop the thread every ACK needs
+                log.exception("dhcp reply after commit failed")
+                counts["error.send"] += 1
         loop.call_soon_threadsafe(self.count, counts)
 
     def _write_sightings(self, loop: asyncio.AbstractEventLoop) -> None:
