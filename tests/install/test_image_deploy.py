@@ -184,10 +184,11 @@ def test_write_image_once_per_stay_in_deploying(site: Site) -> None:
 
 
 def test_reports_become_progress_and_failure(site: Site) -> None:
-    report = {"status": "progress", "bytes": 2048, "percent": 50, "rate": 1000}
-    site.deploy.report(site.node_id, report)
+    for percent in (50, 55, 61):  # an event per tenth of the way: 50 and 61, not 55
+        report = {"status": "progress", "bytes": 40 * percent, "percent": percent, "rate": 1000}
+        site.deploy.report(site.node_id, report)
     progress = site.nodes.get(site.node_id).facts["install_progress"]
-    assert (progress["bytes"], progress["percent"], progress["rate"]) == (2048, 50, 1000)
+    assert (progress["bytes"], progress["percent"], progress["rate"]) == (2440, 61, 1000)
     site.deploy.report(site.node_id, {"status": "written"})
     node = site.nodes.get(site.node_id)
     assert node.state == "deploying" and node.facts["install_progress"]["stage"] == "written"
@@ -204,7 +205,8 @@ def test_reports_become_progress_and_failure(site: Site) -> None:
     assert (node.state, node.reason) == ("failed", "image write failed: sha256 mismatch: got 1")
     with pytest.raises(Conflict, match="not deploying"):
         site.deploy.report(site.node_id, {"status": "written"})
-    assert [e["cause"] for e in site.events("install")] == ["progress", "progress"]
+    progress_events = [e for e in site.events("install") if e["cause"] == "progress"]
+    assert [e["percent"] for e in progress_events] == [50, 61, 100]
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,8 @@ The agent reports on ``POST /agent/v1/deploy`` (JSON)::
     {"status": "written"}                  verified, seed written; the agent reboots
     {"status": "failed", "message": "..."} the node fails with it; the agent does not reboot
 
-Progress lands in the node's ``facts.install_progress`` and in ``install`` events.
+Progress lands in the node's ``facts.install_progress`` (every report) and in ``install``
+events (each tenth of the way, and the end).
 
 Images are registered by their manifest, ``<images>/os/<name>/manifest.json`` (what
 ``ztpd.images.osimage`` writes: sha256 and size per file). Of the files it lists, the agent gets
@@ -210,7 +211,16 @@ class ImageDeploy:
                 "at": now,
             }
         log.info("image deploy node=%s stage=%s percent=%s", node_id, status, progress["percent"])
-        self.backend.progress(node_id, progress, True)
+        # The node always has the latest; an event only per tenth of the way (and the end).
+        last = node.facts.get("install_progress")
+        before = last.get("percent") if isinstance(last, dict) else None
+        now_at = progress["percent"]
+        worth = (
+            not isinstance(before, int)
+            or not isinstance(now_at, int)
+            or (now_at // 10 != before // 10)
+        )
+        self.backend.progress(node_id, progress, status == "written" or worth)
 
     def _fail(self, node_id: int, reason: str, detail: dict[str, Any]) -> None:
         try:
