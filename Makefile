@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := python3 python3-venv iproute2 curl ca-certificates \
 	dnsmasq-base kea-dhcp4-server kea-admin udhcpc isc-dhcp-client tcpdump \
 	tftp-hpa atftp ipxe ovmf qemu-system-x86 busybox-static systemd chromium \
-	qemu-utils ipxe-qemu \
+	qemu-utils ipxe-qemu lldpd openipmi \
 	debootstrap grub-efi-amd64-bin grub-pc-bin fdisk dosfstools mtools zstd debconf
 
 .PHONY: all deps apt venv lint typecheck unit test e2e e2e-preseed demo check clean bench-dhcp images discovery-image os-image
@@ -59,8 +59,9 @@ images: venv discovery-image
 	$(BIN)/python -c 'from pathlib import Path; from ztpd.images import fetch, installers; print(fetch(Path("images")).to_dict()); print({r: m.to_dict() for r, m in installers.fetch(Path("images")).items()})'
 
 # The discovery kernel + initrd into images/discovery/ (re-runs offline from images/cache/discovery/).
+# FIRMWARE=1 adds the non-free NIC firmware the drivers name (images/README.md).
 discovery-image: venv
-	$(BIN)/python -c 'from pathlib import Path; from ztpd.images import discovery; m = discovery.build(Path("images")).to_dict(); print(m["files"])'
+	$(BIN)/python -c 'from pathlib import Path; from ztpd.images import discovery; m = discovery.build(Path("images"), firmware=bool("$(FIRMWARE)")).to_dict(); print(m["files"])'
 
 # A small bootable Debian 12 disk image into images/os/debian-12/ (root; minutes; cached).
 os-image: venv

@@ -171,7 +171,9 @@ def cmd_check(ctx: Ctx, args: argparse.Namespace) -> int:
 
 def cmd_images(ctx: Ctx, args: argparse.Namespace) -> int:
     if args.images_cmd == "build":
-        built = discovery.build(ctx.config.images_dir, refresh=args.refresh).to_dict()
+        built = discovery.build(
+            ctx.config.images_dir, refresh=args.refresh, firmware=args.firmware
+        ).to_dict()
     else:
         built = images.fetch(ctx.config.images_dir, refresh=args.refresh).to_dict()
         for release, got in installers.fetch(ctx.config.images_dir, refresh=args.refresh).items():
@@ -376,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("images_cmd", choices=["fetch", "build"], metavar="fetch|build")
     s.add_argument("--refresh", action="store_true", help="download the package again")
+    s.add_argument(
+        "--firmware",
+        action="store_true",
+        help="build: add the non-free NIC firmware the drivers name (Debian non-free-firmware)",
+    )
     s.set_defaults(func=cmd_images)
 
     s = sub.add_parser(

@@ -55,6 +55,9 @@ def test_image_manifest_size_and_tools_run(image: Path) -> None:
         manifest["modules"]["included"]
     )
     assert manifest["packages"]["busybox-static"]["version"]
+    # Without --firmware none is included, and the manifest says what the drivers would load.
+    assert manifest["firmware"]["included"] == []
+    assert "rtl_nic/rtl8168d-1.fw" in manifest["firmware"]["missing"]  # r8169's
     if os.geteuid() != 0 or shutil.which("chroot") is None:
         pytest.skip("needs root and chroot to run the ramdisk's tools")
     root = image.parent / "root"
@@ -88,3 +91,63 @@ def test_rebuild_from_the_cache_is_byte_identical(image: Path, tmp_path: Path) -
     first = json.loads((image / discovery.MANIFEST).read_text())
     assert again["files"] == first["files"]
     assert sorted(cache.glob("*.deb")) == debs  # nothing downloaded: the re-run works offline
+
+
+def test_module_firmware_reads_the_modinfo_strings() -> None:
+    ko = b"\x7fELF...\0license=GPL\0firmware=rtl_nic/rtl8168d-1.fw\0author=x\0firmware=a.bin\0"
+    assert discovery.module_firmware(ko) == ["a.bin", "rtl_nic/rtl8168d-1.fw"]
+    assert discovery.module_firmware(b"\0xfirmware=no.bin\0") == []
+
+
+HOST_SOURCES = """Types: deb
+# a comment
+URIs: http://mirror.example/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb-src
+URIs: http://mirror.example/debian
+Suites: bookworm
+Components: main
+
+Types: deb
+URIs: http://other.example/x
+Suites: stable
+Components: contrib
+"""
+
+
+def test_firmware_sources_follow_the_hosts_main_mirrors() -> None:
+    assert discovery.firmware_sources(
+        HOST_SOURCES, "deb [arch=amd64] http://m.example/d sid main\n"
+    ) == (
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: non-free-firmware\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        "\n"
+        "Types: deb\nURIs: http://m.example/d\nSuites: sid\nComponents: non-free-firmware\n"
+    )
+    with pytest.raises(ZtpdError, match="no Debian `main`"):
+        discovery.firmware_sources("Types: deb\nURIs: u\nSuites: s\nComponents: contrib\n")
+
+
+@pytest.mark.slow
+def test_firmware_flag_fetches_with_its_own_sources_and_copies_what_modules_name(
+    tmp_path: Path,
+) -> None:
+    """The --firmware plumbing against the real Debian archive, with the smallest package."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("needs root and apt-get to fetch firmware packages")
+    host_lists = sorted(Path("/var/lib/apt/lists").glob("*"))
+    apt = discovery.firmware_apt(tmp_path)
+    deb = discovery._deb(tmp_path, "firmware-realtek", False, apt)
+    assert deb.version and deb.path.parent == tmp_path
+    assert sorted(Path("/var/lib/apt/lists").glob("*")) == host_lists  # the host's apt untouched
+    unpacked, root = tmp_path / "x", tmp_path / "root"
+    subprocess.run(["dpkg", "-x", str(deb.path), str(unpacked)], check=True)
+    included, missing = discovery.copy_firmware(
+        unpacked, root, ["rtl_nic/rtl8168d-1.fw", "bnx2/not-here.fw"]
+    )
+    assert (included, missing) == (["rtl_nic/rtl8168d-1.fw"], ["bnx2/not-here.fw"])
+    assert (root / "lib/firmware/rtl_nic/rtl8168d-1.fw").stat().st_size > 0

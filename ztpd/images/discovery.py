@@ -86,6 +86,15 @@ MODULES = (
     # the image writer mounts the written root filesystem to put the cloud-init seed in
     "ext4", "crc32c_generic",
 )  # fmt: skip
+# Firmware the NIC drivers ask for at probe time is in Debian's non-free-firmware component,
+# which Debian hosts' apt sources usually leave out. ``build(firmware=True)`` fetches these
+# packages with its own apt sources (the host's mirrors and suites, that component only) and
+# puts in the initrd only the files the included modules name (their ``modinfo -F firmware``).
+FIRMWARE_PACKAGES = (
+    "firmware-bnx2", "firmware-bnx2x", "firmware-misc-nonfree", "firmware-realtek",
+    "firmware-qlogic",
+)  # fmt: skip
+FIRMWARE_COMPONENT = "non-free-firmware"
 SOURCES = {"init": 0o755, "bin/ztpd-agent": 0o755, "etc/udhcpc.script": 0o755}
 _SOURCE_FILES = {"init": "init", "bin/ztpd-agent": "agent", "etc/udhcpc.script": "udhcpc.script"}
 LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "lib", "usr/lib")
@@ -111,11 +120,11 @@ def _cached(cache: Path, package: str) -> Path | None:
     return debs[-1] if debs else None
 
 
-def _deb(cache: Path, package: str, refresh: bool) -> Deb:
+def _deb(cache: Path, package: str, refresh: bool, apt: tuple[str, ...] = ()) -> Deb:
     path = None if refresh else _cached(cache, package)
     if path is None:
         log.info("discovery download package=%s", package)
-        _run(["apt-get", "download", package], cwd=cache)
+        _run(["apt-get", *apt, "download", package], cwd=cache)
         path = _cached(cache, package)
         if path is None:
             raise ZtpdError(f"discovery image: apt-get download {package} left no .deb")
@@ -239,6 +248,83 @@ def _depmod(busybox: Path, root: Path, kver: str) -> None:
     _run([str(busybox), "depmod", "-b", str(root), kver])
 
 
+# --- firmware (opt-in) ---------------------------------------------------------------------------
+
+
+def module_firmware(ko: bytes) -> list[str]:
+    """The firmware files a kernel module names: its ``.modinfo`` ``firmware=`` strings."""
+    return sorted({m.decode() for m in re.findall(rb"(?<![^\0])firmware=([^\0]+)", ko)})
+
+
+def _deb822(text: str) -> list[dict[str, str]]:
+    stanzas: list[dict[str, str]] = [{}]
+    for line in text.splitlines():
+        if not line.strip():
+            stanzas.append({})
+        elif not line.startswith(("#", " ", "\t")) and ":" in line:
+            key, _, value = line.partition(":")
+            stanzas[-1][key.strip()] = value.strip()
+    return [s for s in stanzas if s]
+
+
+def firmware_sources(host_sources: str, host_list: str = "") -> str:
+    """A deb822 sources file for the firmware: every host source of ``main`` packages (from
+    ``*.sources`` stanzas and one-line ``sources.list`` entries), with ``non-free-firmware`` as
+    its only component. No host source of ``main`` raises: there is no mirror to ask."""
+    found = []
+    for st in _deb822(host_sources):
+        enabled = st.get("Enabled", "yes") != "no"
+        if enabled and "deb" in st.get("Types", "").split() and "main" in st.get("Components", ""):
+            found.append((st["URIs"], st["Suites"], st.get("Signed-By")))
+    for line in host_list.splitlines():
+        words = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
+        if len(words) >= 4 and words[0] == "deb" and "main" in words[3:]:
+            found.append((words[1], words[2], None))
+    if not found:
+        raise ZtpdError("discovery image: the host's apt sources list no Debian `main` to follow")
+    out = []
+    for uris, suites, signed in found:
+        stanza = f"Types: deb\nURIs: {uris}\nSuites: {suites}\nComponents: {FIRMWARE_COMPONENT}\n"
+        out.append(stanza + (f"Signed-By: {signed}\n" if signed else ""))
+    return "\n".join(out)
+
+
+def firmware_apt(cache: Path, etc: Path = Path("/etc/apt")) -> tuple[str, ...]:
+    """apt-get options that use the build's own sources list and package lists under
+    ``<cache>/apt`` (the host's apt configuration stays as it is); runs ``apt-get update``."""
+    apt = cache / "apt"
+    (apt / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (apt / "cache").mkdir(exist_ok=True)
+    host = "\n\n".join(p.read_text() for p in sorted((etc / "sources.list.d").glob("*.sources")))
+    listed = (etc / "sources.list").read_text() if (etc / "sources.list").exists() else ""
+    (apt / "sources.list.d").mkdir(exist_ok=True)
+    (apt / "sources.list.d" / "firmware.sources").write_text(firmware_sources(host, listed))
+    options = (
+        "-o", f"Dir::Etc::SourceList={apt / 'none.list'}",
+        "-o", f"Dir::Etc::SourceParts={apt / 'sources.list.d'}",
+        "-o", f"Dir::State::Lists={apt / 'lists'}",
+        "-o", f"Dir::Cache={apt / 'cache'}",
+        "-o", "APT::Sandbox::User=root",
+    )  # fmt: skip
+    _run(["apt-get", *options, "update"])
+    return options
+
+
+def copy_firmware(unpacked: Path, root: Path, names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Copy the named files from the unpacked firmware packages' lib/firmware into the
+    ramdisk's (links followed); (included, missing)."""
+    src_dir = unpacked / "lib" / "firmware"
+    included, missing = [], []
+    for name in sorted(set(names)):
+        src = src_dir / name
+        if src.is_file():
+            _copy(src.resolve(), root / "lib" / "firmware" / name)
+            included.append(name)
+        else:
+            missing.append(name)
+    return included, missing
+
+
 # --- the cpio archive ----------------------------------------------------------------------------
 
 
@@ -322,9 +408,10 @@ def _assemble(
     _depmod(root / "bin/busybox", root, kver)
 
 
-def build(images_dir: Path, *, refresh: bool = False) -> Manifest:
+def build(images_dir: Path, *, refresh: bool = False, firmware: bool = False) -> Manifest:
     """Build ``<images>/discovery/{vmlinuz,initrd.img,manifest.json}``; download only what the
-    cache lacks (or everything with ``refresh``)."""
+    cache lacks (or everything with ``refresh``). ``firmware`` adds the non-free NIC firmware
+    the modules name (FIRMWARE_PACKAGES, fetched with the build's own apt sources)."""
     cache = images_dir / "cache" / SUBDIR
     out = images_dir / SUBDIR
     cache.mkdir(parents=True, exist_ok=True)
@@ -332,6 +419,12 @@ def build(images_dir: Path, *, refresh: bool = False) -> Manifest:
     meta = _deb(cache, KERNEL_META, refresh)
     debs = [meta, _deb(cache, kernel_package(meta.path), refresh)]
     debs += [_deb(cache, p, refresh) for p in PACKAGES]
+    if firmware:
+        # The package lists are fetched only when a firmware .deb is not cached yet: offline
+        # re-runs stay offline.
+        need = refresh or any(_cached(cache, p) is None for p in FIRMWARE_PACKAGES)
+        apt = firmware_apt(cache) if need else ()
+        debs += [_deb(cache, p, refresh, apt) for p in FIRMWARE_PACKAGES]
     with tempfile.TemporaryDirectory(prefix="ztpd-discovery-") as tmp:
         unpacked, root = Path(tmp) / "x", Path(tmp) / "root"
         for deb in debs:
@@ -347,6 +440,9 @@ def build(images_dir: Path, *, refresh: bool = False) -> Manifest:
         applets = [a.lstrip("/") for a in _run([str(busybox), "--list-full"]).split()]
         root.mkdir()
         _assemble(unpacked, root, kver, modules, applets)
+        moddir = unpacked / "lib/modules" / kver
+        wanted = [n for m in modules for n in module_firmware((moddir / m).read_bytes())]
+        fw_in, fw_missing = copy_firmware(unpacked, root, wanted) if firmware else ([], wanted)
         archive = cpio(root)
         initrd = gzip.compress(archive, compresslevel=9, mtime=EPOCH)
         _write(out / INITRD, initrd)
@@ -358,6 +454,8 @@ def build(images_dir: Path, *, refresh: bool = False) -> Manifest:
             "wanted": sorted(MODULES),
             "included": sorted(module_name(p) for p in modules),
         },
+        # What the modules name, and which of those files the initrd has (build --firmware).
+        "firmware": {"included": fw_in, "missing": sorted(set(fw_missing))},
         "initrd_uncompressed_bytes": len(archive),
         "files": {
             name: {"sha256": sha256(out / name), "size": (out / name).stat().st_size}
