@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
 
 from tests.dhcp.fakes import BrokenBackend, MemoryBackend
 from ztpd.dhcp.backend import Sighting
@@ -15,24 +14,19 @@ LEASE = Lease("10.9.0.5", "02:00:00:00:00:01", None, "10.9.0.0/24", BOUND, 99.0)
 
 async def run(backend: MemoryBackend) -> tuple[list[bool], Counter[str]]:
     """Submit one lease whose reply records whether the lease was stored when it ran."""
-    counts: Counter[str] = Counter()
-
-    def count(inc: Mapping[str, int]) -> None:
-        counts.update(inc)
-
     sent: list[bool] = []
 
     def reply() -> str:
         sent.append(LEASE.ip in backend.leases)
         return "reply.ack"
 
-    writer = Writer(backend, count)
+    writer = Writer(backend)
     writer.start()
     writer.submit((LEASE,), reply)
     writer.sight(Sighting("02:00:00:00:00:01", facts={"relay": {"giaddr": "10.9.0.254"}}))
     writer.sight(Sighting("02:00:00:00:00:01", ip="10.9.0.5", creates=False))
     await writer.close()
-    return sent, counts
+    return sent, writer.counters()
 
 
 async def test_reply_runs_after_the_commit_and_sightings_merge() -> None:

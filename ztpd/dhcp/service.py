@@ -4,7 +4,7 @@ The datagram callback only decodes, decides (in memory) and hands off; every sto
 in the writer thread (``writer.py``): a reply that depends on a lease change is sent only once
 that change is committed (group commit), so after ``kill -9`` no address can have been promised
 to two clients. Bad packets are logged (MAC, xid, reason), counted and dropped; nothing a client
-sends can stop the loop. ``counters`` is a plain Counter a /metrics endpoint can read.
+sends can stop the loop. ``counters`` is a Counter a /metrics endpoint can read.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import socket
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -117,17 +117,23 @@ class _Listener:
         self.sock = _udp_socket(iface.name, port)
 
     def readable(self) -> None:
-        for _ in range(READ_BURST):
-            try:
-                data, addr = self.sock.recvfrom(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                log.warning(
-                    "dhcp socket error interface=%s port=%d error=%s", self.iface.name, self.port, e
-                )
-                return
-            self.service.received(data, Arrival(self.iface, addr[0], addr[1], self.port), self)
+        try:
+            for _ in range(READ_BURST):
+                try:
+                    data, addr = self.sock.recvfrom(MAX_DATAGRAM)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as e:
+                    log.warning(
+                        "dhcp socket error interface=%s port=%d error=%s",
+                        self.iface.name,
+                        self.port,
+                        e,
+                    )
+                    return
+                self.service.received(data, Arrival(self.iface, addr[0], addr[1], self.port), self)
+        finally:
+            self.service.writer.kick()
 
     def sendto(self, data: bytes, to: tuple[str, int]) -> None:
         self.sock.sendto(data, to)
@@ -149,7 +155,7 @@ class DhcpService:
         self.backend = backend
         self.targets = targets
         self.clock = clock
-        self.counters: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()  # the event loop's; the writer keeps its own
         self.interfaces: list[Interface] = []
         self.book = LeaseBook(list(config.subnets))
         self.handler: Handler = (
@@ -158,7 +164,7 @@ class DhcpService:
             else ProxyHandler(targets)
         )
         self.limiter = RateLimiter(config.rate_limit.per_second, config.rate_limit.burst)
-        self.writer = Writer(backend, self._count)
+        self.writer = Writer(backend)
         self._recent: dict[str, tuple[Sighting, float]] = {}
         self._listeners: list[_Listener] = []
         self._raw: dict[str, socket.socket] = {}
@@ -223,15 +229,17 @@ class DhcpService:
 
     # --- the hot path ------------------------------------------------------------------------
 
-    def _count(self, counts: Mapping[str, int]) -> None:
-        self.counters.update(counts)
+    @property
+    def counters(self) -> Counter[str]:
+        """Packets and their outcomes so far (``received``, ``reply.ack``, ``drop.*`` ...)."""
+        return self.counts + self.writer.counters()
 
     def _drop(self, reason: str, counter: str, mac: str, xid: int | None) -> None:
-        self.counters[f"drop.{counter}"] += 1
+        self.counts[f"drop.{counter}"] += 1
         _log_drop(reason, mac, xid)
 
     def received(self, data: bytes, at: Arrival, listener: _Listener) -> None:
-        self.counters["received"] += 1
+        self.counts["received"] += 1
         if at.src_ip in self._own:
             self._drop(f"from our own address {at.src_ip}", "own_address", "-", None)
             return
@@ -242,7 +250,7 @@ class DhcpService:
             return
         now = self.clock()
         if not self.limiter.allow(req.mac, now):
-            self.counters["drop.rate_limit"] += 1
+            self.counts["drop.rate_limit"] += 1
             if self.limiter.buckets[req.mac][0] >= 0.999 - self.limiter.rate * 1e-3:
                 log.warning("dhcp drop mac=%s xid=%#x reason=rate limit", req.mac, req.xid)
             return
@@ -250,12 +258,12 @@ class DhcpService:
             result = self.handler.handle(req, at, now)
         except Exception:  # a handler bug must cost one packet, not the service
             log.exception("dhcp handler failed mac=%s xid=%#x", req.mac, req.xid)
-            self.counters["error.handler"] += 1
+            self.counts["error.handler"] += 1
             return
         if result.sighting is not None:
             self._record(result.sighting, now)
         if isinstance(result, Ignore):
-            self.counters["ignored"] += 1
+            self.counts["ignored"] += 1
             log.debug(
                 "dhcp ignore mac=%s xid=%#x type=%s reason=%s",
                 req.mac,
@@ -279,14 +287,14 @@ class DhcpService:
         elif result.persist:
             self.writer.submit(result.persist, lambda: self._send(req, reply, at, listener))
         else:
-            self.counters[self._send(req, reply, at, listener)] += 1
+            self.counts[self._send(req, reply, at, listener)] += 1
 
     def _record(self, s: Sighting, now: float) -> None:
         last = self._recent.get(s.mac)
         if last is not None and last[0] == s and now - last[1] < SIGHTING_REFRESH:
             return
         if not self.writer.sight(s):
-            self.counters["drop.sighting_backlog"] += 1
+            self.counts["drop.sighting_backlog"] += 1
             return
         self._recent.pop(s.mac, None)
         self._recent[s.mac] = (s, now)

@@ -34,7 +34,6 @@ BUSY = 0.2  # seconds since the last packet's hand-off during which packets coun
 MAX_PENDING_SIGHTINGS = 10_000  # beyond this, new MACs' sightings are dropped (and counted)
 
 Then = Callable[[], str]  # runs in the writer thread after the commit; a counter name
-Count = Callable[[Mapping[str, int]], None]  # runs on the event loop: counter increments
 
 
 def merge(old: Sighting, new: Sighting) -> Sighting:
@@ -50,29 +49,29 @@ def merge(old: Sighting, new: Sighting) -> Sighting:
 
 
 class Writer:
-    """``start()`` runs the thread, ``submit``/``sight`` feed it from the event loop, and
-    ``close()`` writes what is queued and stops it."""
+    """``start()`` runs the thread, ``submit``/``sight`` feed it from the event loop, ``kick()``
+    wakes it for what they queued, and ``close()`` writes what is queued and stops it."""
 
-    def __init__(self, backend: DhcpBackend, count: Count) -> None:
+    def __init__(self, backend: DhcpBackend) -> None:
         self.backend = backend
-        self.count = count
+        # Kept here, not posted to the loop: waking the loop per batch costs as much as a
+        # packet when batches are small.
+        self.counts: Counter[str] = Counter()
         self.leases: deque[tuple[Sequence[Lease], Then | None]] = deque()
         self.sightings: dict[str, Sighting] = {}  # by MAC, oldest first
-        self.lock = threading.Lock()  # guards ``sightings`` (deque operations are atomic)
+        self.lock = threading.Lock()  # guards ``sightings`` and ``counts`` (deques are atomic)
         self.wake = threading.Event()
         self.closing = False
         self.last_packet = 0.0  # time.monotonic() of the last submit or sight
         self.resume = 0.0  # time.monotonic() before which no sighting is written
-        self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = threading.Thread(target=self._run, name="dhcp-writer", daemon=True)
 
     def start(self) -> None:
-        self.loop = asyncio.get_running_loop()
         self.thread.start()
 
     async def close(self) -> None:
         """Writes what is queued (and sends its replies), then stops."""
-        if self.loop is None:
+        if not self.thread.is_alive():
             return
         self.closing = True
         self.wake.set()
@@ -85,7 +84,10 @@ class Writer:
         never if the commit fails. It must be thread-safe; it returns a counter to bump."""
         self.leases.append((leases, then))
         self.last_packet = time.monotonic()
-        self.wake.set()
+
+    def counters(self) -> Counter[str]:
+        with self.lock:
+            return self.counts.copy()
 
     def sight(self, s: Sighting) -> bool:
         """Queue a sighting, merged with one still pending for the MAC; False when the
@@ -96,29 +98,38 @@ class Writer:
                 return False
             self.sightings[s.mac] = s if old is None else merge(old, s)
         self.last_packet = time.monotonic()
-        self.wake.set()
         return True
+
+    def kick(self) -> None:
+        """Wake the thread for what was queued: once per burst of packets read, not per
+        packet, so that a burst's leases go in one commit and the thread (which then wants
+        the GIL) is woken once."""
+        if self.leases or self.sightings:
+            self.wake.set()
 
     # --- the writer thread -------------------------------------------------------------------
 
+    def _count(self, counts: Mapping[str, int]) -> None:
+        with self.lock:
+            self.counts.update(counts)
+
     def _run(self) -> None:
-        assert self.loop is not None
         while True:
             if self.leases:
-                self._commit_leases(self.loop)
+                self._commit_leases()
                 continue
             pause = None  # wait until woken
             if self.sightings:
                 pause = 0.0 if self.closing else self.resume - time.monotonic()
                 if pause <= 0:
-                    self._write_sightings(self.loop)
+                    self._write_sightings()
                     continue
             elif self.closing:
                 return
             self.wake.wait(pause)
             self.wake.clear()  # whatever woke us is found by the checks above
 
-    def _commit_leases(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _commit_leases(self) -> None:
         thens: list[Then] = []
         rows: list[Lease] = []
         while self.leases and len(rows) < MAX_BATCH:
@@ -130,7 +141,7 @@ class Writer:
             self.backend.save_leases(rows)
         except Exception:  # a failed commit costs this batch its replies, not the service
             log.exception("dhcp lease commit failed rows=%d", len(rows))
-            loop.call_soon_threadsafe(self.count, {"error.leases": 1})
+            self._count({"error.leases": 1})
             return
         counts: Counter[str] = Counter({"leases.committed": len(rows)})
         for then in thens:
@@ -139,9 +150,9 @@ class Writer:
             except Exception:  # a bug in one reply must not stop the thread every ACK needs
                 log.exception("dhcp reply after commit failed")
                 counts["error.send"] += 1
-        loop.call_soon_threadsafe(self.count, counts)
+        self._count(counts)
 
-    def _write_sightings(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _write_sightings(self) -> None:
         start = time.monotonic()
         with self.lock:
             macs = list(islice(self.sightings, SIGHTING_CHUNK))
@@ -152,7 +163,7 @@ class Writer:
         except Exception:  # a failed write loses these sightings, nothing else
             log.exception("dhcp sighting write failed count=%d", len(chunk))
             counts = {"error.sightings": 1}
-        loop.call_soon_threadsafe(self.count, counts)
+        self._count(counts)
         end = time.monotonic()
         if end - self.last_packet < BUSY:
             self.resume = end + (end - start) * (1 - SIGHTING_SHARE) / SIGHTING_SHARE
