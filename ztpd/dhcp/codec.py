@@ -246,12 +246,6 @@ def decode(data: bytes) -> Request:
     )
 
 
-def _opt(code: int, value: bytes) -> bytes:
-    if len(value) > 255:
-        raise ValueError(f"option {code} is longer than 255 bytes")
-    return bytes((code, len(value))) + value
-
-
 def _ips(values: tuple[str, ...] | list[str]) -> bytes:
     return b"".join(socket.inet_aton(v) for v in values)
 
@@ -319,11 +313,17 @@ def encode(r: Reply) -> bytes:
         file.ljust(128, b"\0") if len(file) < 128 else bytes(128),
         MAGIC_COOKIE,
     )
-    body = header + b"".join(_opt(c, v) for c, v in reply_options(r)) + b"\xff"
+    body = bytearray(header)
+    for code, value in reply_options(r):
+        if len(value) > 255:
+            raise ValueError(f"option {code} is longer than 255 bytes")
+        body += bytes((code, len(value)))
+        body += value
+    body.append(Op.END)
     # max_size counts the IP and UDP headers too (RFC 2132 §9.10).
     if len(body) + 28 > max(r.max_size, 576):
         raise ValueError(f"reply of {len(body)} bytes exceeds the client's maximum size")
-    return body.ljust(MIN_REPLY, b"\0")
+    return bytes(body.ljust(MIN_REPLY, b"\0"))
 
 
 def _checksum(data: bytes) -> int:

@@ -55,21 +55,24 @@ class Plan:
     reserved: dict[str, int]  # mac -> address
     reserved_ips: frozenset[int]
     hostnames: dict[str, str]  # mac -> hostname, from reservations
+    size: int  # addresses in the pools
     cursor: int = 0  # index into the flattened pools where the next free-address scan starts
 
     @classmethod
     def of(cls, conf: DhcpSubnet) -> Plan:
         net = ipaddress.IPv4Network(conf.subnet)
         reserved = {r.mac: ip2int(r.ip) for r in conf.reservations}
+        pools = [(ip2int(p.start), ip2int(p.end)) for p in conf.pools]
         return cls(
             conf,
             net,
             int(net.network_address),
             int(net.broadcast_address),
-            [(ip2int(p.start), ip2int(p.end)) for p in conf.pools],
+            pools,
             reserved,
             frozenset(reserved.values()),
             {r.mac: r.hostname for r in conf.reservations if r.hostname},
+            sum(b - a + 1 for a, b in pools),
         )
 
     def contains(self, ip: int) -> bool:
@@ -77,10 +80,6 @@ class Plan:
 
     def in_pool(self, ip: int) -> bool:
         return any(a <= ip <= b for a, b in self.pools)
-
-    @property
-    def size(self) -> int:
-        return sum(b - a + 1 for a, b in self.pools)
 
     def nth(self, i: int) -> int:
         for a, b in self.pools:
