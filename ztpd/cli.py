@@ -482,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = lsub.add_parser("up", help="start the lab (idempotent) and follow its nodes")
     up.add_argument("--nodes", type=int, default=3, help="how many VMs (default 3)")
     up.add_argument("--firmware", choices=["bios", "uefi", "mixed"], default="mixed")
-    up.add_argument("--timeout", type=float, default=900, help="seconds to follow (default 900)")
+    up.add_argument("--timeout", type=float, default=2400, help="seconds to follow (default 2400)")
     up.add_argument(
         "--dhcp",
         choices=["full", "proxy"],
