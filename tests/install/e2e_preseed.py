@@ -24,11 +24,14 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,14 +39,18 @@ import yaml
 
 from ztpd.images import installers
 from ztpd.lab import Lab, Settings
+from ztpd.lab import lab as lab_module
 from ztpd.lab.forward import _pipe
 from ztpd.lab.lab import HTTP_PORT, SERVER_IP
 from ztpd.lab.net import Netns
+from ztpd.lab.vm import VmSpec, plan
 from ztpd.profiles.model import Os
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "ztpd-e2e-preseed"
 PROXY_PORT = 3142
+# Below about 780 MB the installer enters its low memory mode, which stops at a question.
+MEMORY_MB = 1024
 CLONE_NEWNET = 0x40000000
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk2Zb6o1Xj3QX0bq1Vx3m9XG6Xo1m8k5G3o4xqz1K2P ops@e2e"
 PROFILE = {
@@ -67,9 +74,9 @@ PROFILE = {
 }
 
 
-def listen_in(netns: str, host: str, port: int) -> socket.socket:
-    """A listening socket made inside ``netns`` (a socket keeps the namespace it was made in);
-    setns() is per thread, so a short-lived thread does it and this thread never moves."""
+def made_in(netns: str, make: Callable[[], socket.socket]) -> socket.socket:
+    """A socket made inside ``netns`` (a socket keeps the namespace it was made in); setns()
+    is per thread, so a short-lived thread does it and this thread never moves."""
     libc = ctypes.CDLL(None, use_errno=True)
     made: list[socket.socket] = []
     failed: list[BaseException] = []
@@ -79,7 +86,7 @@ def listen_in(netns: str, host: str, port: int) -> socket.socket:
         try:
             if libc.setns(target, CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), f"setns into {netns}")
-            made.append(socket.create_server((host, port), backlog=64))
+            made.append(make())
         except BaseException as e:
             failed.append(e)
         finally:
@@ -129,6 +136,39 @@ async def _proxy_one(
             w.close()
 
 
+def udp(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, port))
+    return sock
+
+
+def start_dns_relay(listen: socket.socket, upstream: str) -> None:
+    """Relay each DNS query on ``listen`` to ``upstream`` from this host's namespace (the
+    installer asks for name servers when DHCP names none, and resolves a few names)."""
+
+    def one(query: bytes, client: tuple[str, int]) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
+            up.settimeout(5)
+            with contextlib.suppress(OSError):
+                up.sendto(query, (upstream, 53))
+                listen.sendto(up.recv(4096), client)
+
+    def serve() -> None:
+        while True:
+            query, client = listen.recvfrom(4096)
+            threading.Thread(target=one, args=(query, client), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def host_resolver() -> str:
+    for line in Path("/etc/resolv.conf").read_text().splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "nameserver" and "." in words[1]:
+            return words[1]
+    raise SystemExit("e2e-preseed: no IPv4 nameserver in /etc/resolv.conf")
+
+
 def start_proxy(listen: socket.socket, lab_port: int) -> None:
     """Serve the proxy from a daemon thread for the rest of this process."""
 
@@ -140,6 +180,14 @@ def start_proxy(listen: socket.socket, lab_port: int) -> None:
     threading.Thread(target=asyncio.run, args=(serve(),), daemon=True).start()
 
 
+def roomy_plan(count: int, firmware: str, lab: str = NAME) -> list[VmSpec]:
+    """The lab's VM plan, each VM with room for the installer."""
+    return [
+        dataclasses.replace(v, shape=dataclasses.replace(v.shape, memory_mb=MEMORY_MB))
+        for v in plan(count, firmware, lab)
+    ]
+
+
 class PreseedLab(Lab):
     """The lab, with ztpd told about the proxy and given time for a slow installer."""
 
@@ -147,13 +195,17 @@ class PreseedLab(Lab):
         path = super()._config(dhcp)
         cfg = yaml.safe_load(path.read_text())
         cfg["install"] = {"proxy": f"http://{SERVER_IP}:{PROXY_PORT}"}
+        for subnet in cfg["dhcp"].get("subnets", []):
+            subnet["dns"] = [SERVER_IP]  # the relay below
         cfg["lifecycle"] = {"timeouts": {"deploying": 4 * 3600}}
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return path
 
     def _start_ztpd(self, server: Netns, dhcp: str) -> subprocess.Popen[bytes]:
         proc = super()._start_ztpd(server, dhcp)
-        start_proxy(listen_in(server.name, SERVER_IP, PROXY_PORT), self.s.port)
+        listen = made_in(server.name, lambda: socket.create_server((SERVER_IP, PROXY_PORT)))
+        start_proxy(listen, self.s.port)
+        start_dns_relay(made_in(server.name, lambda: udp(SERVER_IP, 53)), host_resolver())
         return proc
 
 
@@ -171,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     if installers.problems(images_dir, {"e2e": Os.model_validate(PROFILE["os"])}):
         print("e2e-preseed: fetching Debian's netboot installer", flush=True)
         installers.fetch(images_dir, ["debian-12"])
+    # Stopped by a signal (a background job ignores SIGINT): the lab still comes down.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    setattr(lab_module, "plan", roomy_plan)  # noqa: B010 (replaces the lab's own import)
     state = args.state.resolve()
     profiles = state / "profiles"
     profiles.mkdir(parents=True, exist_ok=True)
