@@ -1,0 +1,226 @@
+"""End to end through ``ztpd lab``: QEMU VMs (TCG) with empty disks PXE boot from ztpd on a LAN of
+network namespaces, are inspected, matched, get the Debian image, call back from its first boot
+(``deployed``), and boot their disks on the next PXE boot.
+
+One lab per test (its own namespaces, removed even on failure; see conftest). The VMs of a test
+run at once and each VM carries several assertions, to keep the whole file well under 15 minutes
+on two cores:
+
+- full DHCP: a BIOS and a UEFI VM all the way, then a power cycle of both boots their disks;
+- proxy DHCP: dnsmasq hands out the address, ztpd only the boot (UEFI: TFTP through proxyDHCP);
+- one VM no profile fits stays ``unmatched`` with the reason, proceeds when a fitting profile
+  file appears (no restart), and reaches ``deployed`` through a SIGTERM and a ``kill -9`` of ztpd
+  in the middle of its deploy, with no lease or event lost.
+
+Until the image deploy path (issue #7) is in the tree, the tests check everything up to
+``matched`` and then skip, naming what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.daemon import REPO
+from tests.lab.conftest import LabRun
+from tests.netns import require, wait_for
+from ztpd.lifecycle import State
+from ztpd.model import Event
+
+pytestmark = [pytest.mark.netns, pytest.mark.vm, pytest.mark.slow]
+
+MATCH_DEADLINE = 300.0  # ~60 s for one idle BIOS VM under TCG; others' tests share the cores
+DEPLOY_DEADLINE = 1500.0  # the image write is ~1 MB/s under TCG on a loaded 2-core host
+DISK_BOOT_DEADLINE = 480.0
+PATH_TO_DEPLOYED = [
+    State.INSPECTING,
+    State.INSPECTED,
+    State.MATCHED,
+    State.DEPLOYING,
+    State.DEPLOYED,
+]
+AT_LEAST_MATCHED = {State.MATCHED, State.DEPLOYING, State.DEPLOYED}
+IMAGES = REPO / "images"
+
+
+def use_config(lab_run: LabRun, tmp_path: Path, profiles: Path = REPO / "profiles") -> None:
+    """Run the lab with these profiles and the checkout's templates and images."""
+    config = {
+        "state_dir": str(tmp_path / "unused"),  # the lab gives ztpd its own
+        "profiles_dir": str(profiles),
+        "templates_dir": str(REPO / "boot-templates"),
+        "images_dir": str(IMAGES),
+    }
+    lab_run.config = tmp_path / "ztpd.yaml"
+    lab_run.config.write_text(yaml.safe_dump(config))
+
+
+def deploy_missing() -> str | None:
+    """What this tree lacks to deploy the Debian image (issue #7), or None."""
+    if not (REPO / "ztpd" / "install" / "deploy.py").is_file():
+        return "the agent's write-image (ztpd/install/deploy.py, issue #7) is not in this tree"
+    if not (IMAGES / "os" / "debian-12" / "manifest.json").is_file():
+        return "the Debian image: run `make os-image`"
+    return None
+
+
+def skip_unless_deployable(lab_run: LabRun) -> None:
+    missing = deploy_missing()
+    if missing is not None:
+        pytest.skip(f"needs the image deploy path: {missing} (checked up to matched)")
+
+
+def transitions(lab_run: LabRun, vm: str) -> list[str]:
+    return [e.to_state for e in lab_run.events(vm) if e.kind == "transition" and e.to_state]
+
+
+def in_order(seen: Sequence[str], wanted: Sequence[str]) -> bool:
+    """``wanted`` is a subsequence of ``seen``."""
+    it = iter(seen)
+    return all(step in it for step in wanted)
+
+
+def boots(lab_run: LabRun, vm: str, after: int = 0) -> list[Event]:
+    """The VM's second-stage script requests (``/ipxe``) recorded after event id ``after``."""
+    return [
+        e
+        for e in lab_run.events(vm)
+        if e.id > after and e.kind == "boot" and e.detail.get("asked") == "/ipxe"
+    ]
+
+
+def last_event_id(lab_run: LabRun) -> int:
+    return max((int(r["id"]) for r in lab_run.rows("SELECT id FROM events")), default=0)
+
+
+def console(lab_run: LabRun, vm: str) -> str:
+    path = lab_run.state / "vms" / vm / "console.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def snapshot(lab_run: LabRun) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
+    """Every event and every bound lease, as comparable rows."""
+    events = {
+        (r["id"], r["ts"], r["node_id"], r["kind"], r["to_state"], r["detail"])
+        for r in lab_run.rows("SELECT * FROM events")
+    }
+    leases = {
+        (r["ip"], r["mac"], r["state"])
+        for r in lab_run.rows("SELECT * FROM leases WHERE state = 'bound'")
+    }
+    return events, leases
+
+
+def test_bios_and_uefi_vms_install_then_boot_their_disks(lab_run: LabRun, tmp_path: Path) -> None:
+    use_config(lab_run, tmp_path)
+    up = lab_run.up(nodes=2, firmware="mixed", timeout=DEPLOY_DEADLINE)  # vm1 BIOS, vm2 UEFI
+    for vm in ("vm1", "vm2"):
+        lab_run.wait_state(vm, AT_LEAST_MATCHED, MATCH_DEADLINE)
+    assert lab_run.lease("vm1") and lab_run.lease("vm2")
+    platforms = {vm: boots(lab_run, vm)[0].detail.get("platform") for vm in ("vm1", "vm2")}
+    assert platforms == {"vm1": "pcbios", "vm2": "efi"}
+    # UEFI: OVMF's own PXE fetched iPXE over TFTP before the HTTP stage.
+    tftp = [e.detail for e in lab_run.events("vm2") if e.kind == "boot"]
+    assert any(d.get("asked") == "tftp ipxe.efi" and d.get("status") == "sent" for d in tftp), tftp
+    profiles = {vm: getattr(lab_run.node(vm), "profile", None) for vm in ("vm1", "vm2")}
+    assert profiles == {"vm1": "kubeedge-edge", "vm2": "kubeedge-edge"}
+    skip_unless_deployable(lab_run)
+
+    for vm in ("vm1", "vm2"):
+        lab_run.wait_state(vm, {State.DEPLOYED}, DEPLOY_DEADLINE)
+        assert in_order(transitions(lab_run, vm), PATH_TO_DEPLOYED), transitions(lab_run, vm)
+    # `lab up` stops following once every node is settled; all installed: exit 0.
+    out, _ = up.communicate(timeout=60)
+    assert up.returncode == 0, out
+    assert "summary: 2 of 2 nodes installed" in out, out
+    assert (lab_run.state / "timings.json").is_file()
+
+    # A second PXE boot (a power cycle) gets the local-boot script and boots the disk.
+    mark = last_event_id(lab_run)
+    for vm in ("vm1", "vm2"):
+        lab_run.ok("reboot", vm)
+    for vm in ("vm1", "vm2"):
+        again = wait_for(lambda: boots(lab_run, vm, mark), f"{vm}'s second boot", 120, 1)  # noqa: B023 (used at once)
+        assert "local" in str(again[0].detail.get("served")), again[0].detail
+    for vm in ("vm1", "vm2"):
+        wait_for(
+            lambda: "login:" in console(lab_run, vm),  # noqa: B023 (used at once)
+            f"{vm}'s installed system at its login prompt",
+            DISK_BOOT_DEADLINE,
+            2,
+        )
+        node = lab_run.node(vm)
+        assert node is not None and node.state == State.DEPLOYED
+        later = [e for e in lab_run.events(vm) if e.id > mark and e.kind == "transition"]
+        assert later == [], later  # nothing reinstalled
+
+
+def test_proxy_mode_dnsmasq_gives_the_address_ztpd_the_boot(
+    lab_run: LabRun, tmp_path: Path
+) -> None:
+    require("dnsmasq")
+    use_config(lab_run, tmp_path)
+    up = lab_run.up(nodes=1, firmware="uefi", dhcp="proxy", timeout=DEPLOY_DEADLINE)
+    node = lab_run.wait_state("vm1", AT_LEAST_MATCHED, MATCH_DEADLINE)
+    leases = (lab_run.state / "dnsmasq.leases").read_text()
+    assert "52:54:00:5a:01:01" in leases, leases
+    assert node.ip is None or node.ip in leases
+    assert lab_run.rows("SELECT * FROM leases") == []  # ztpd handed out no address
+    assert "dhcp: proxy" in lab_run.ok("status")
+    skip_unless_deployable(lab_run)
+
+    lab_run.wait_state("vm1", {State.DEPLOYED}, DEPLOY_DEADLINE)
+    out, _ = up.communicate(timeout=60)
+    assert up.returncode == 0, out
+
+
+def test_unmatched_until_a_profile_fits_then_deploys_through_ztpd_restarts(
+    lab_run: LabRun, tmp_path: Path
+) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    shutil.copy(REPO / "profiles" / "_defaults.yaml", profiles)
+    (profiles / "big-iron.yaml").write_text(
+        "name: big-iron\nmatch:\n  - {field: cpu.count, op: ge, value: 64}\n"
+    )
+    use_config(lab_run, tmp_path, profiles)
+    lab_run.up(nodes=1, firmware="bios", timeout=DEPLOY_DEADLINE)
+
+    node = lab_run.wait_state("vm1", {State.UNMATCHED}, MATCH_DEADLINE)
+    assert node.profile is None and node.reason, node
+    # The explanation rides on the transition: each profile, each condition, the node's value.
+    [why] = [e.detail for e in lab_run.events("vm1") if e.to_state == State.UNMATCHED]
+    assert "big-iron" in json.dumps(why) and "cpu.count" in json.dumps(why), why
+    # A fitting profile file appears; ztpd polls the directory and matches the waiting node.
+    shutil.copy(REPO / "profiles" / "kubeedge-edge.yaml", profiles)
+    node = lab_run.wait_state("vm1", AT_LEAST_MATCHED, 60)
+    assert node.profile == "kubeedge-edge"
+    skip_unless_deployable(lab_run)
+
+    lab_run.wait_state("vm1", {State.DEPLOYING, State.DEPLOYED}, MATCH_DEADLINE)
+    lease = lab_run.lease("vm1")
+    assert lease is not None
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        events, leases = snapshot(lab_run)
+        lab_run.ok("restart-ztpd", *(["--kill"] if sig == signal.SIGKILL else []))
+        after_events, after_leases = snapshot(lab_run)
+        assert events <= after_events, f"events lost over {sig.name}"
+        assert leases <= after_leases, f"leases lost over {sig.name}"
+        # The restarted ztpd hears from the node again (deploy progress or its first boot).
+        newest = max(e[0] for e in events)
+        wait_for(
+            lambda: [e for e in lab_run.events("vm1") if e.id > newest],  # noqa: B023 (used at once)
+            f"vm1 heard from after {sig.name}",
+            DEPLOY_DEADLINE / 3,
+            1,
+        )
+    lab_run.wait_state("vm1", {State.DEPLOYED}, DEPLOY_DEADLINE)
+    assert in_order(transitions(lab_run, "vm1"), [State.UNMATCHED, *PATH_TO_DEPLOYED[2:]])
+    assert (lab_run.lease("vm1") or {}).get("ip") == lease["ip"]
