@@ -196,9 +196,10 @@ class Lab:
             return None
         return lab
 
-    def _running(self) -> LabState:
-        lab = self.running()
-        if lab is None:
+    def _built(self) -> LabState:
+        """The recorded lab with its namespaces (some processes may have died: restartable)."""
+        lab = self.load()
+        if lab is None or {self.switch_ns, self.server_ns} - set(namespaces(self.s.name)):
             raise ZtpdError(f"lab {self.s.name}: not up (`ztpd lab status` shows what is left)")
         return lab
 
@@ -310,18 +311,18 @@ class Lab:
 
     def reboot(self, vm: str) -> None:
         """Power-cycle one VM (its disks and firmware variables stay): it PXE boots again."""
-        lab = self._running()
+        lab = self._built()
         spec = next((v for v in lab.vms if v.name == vm), None)
         if spec is None:
             raise ZtpdError(f"lab: no VM {vm!r} (the lab has {', '.join(v.name for v in lab.vms)})")
-        self._stop(lab.procs.pop(spec.name), signal.SIGKILL)  # a power cut, not a shutdown
+        self._stop(lab.procs.pop(spec.name, None), signal.SIGKILL)  # a power cut, not a shutdown
         self._power_on(lab, spec)
         self._say(f"power-cycled {vm}")
 
     def restart_ztpd(self, sig: int = signal.SIGTERM) -> None:
         """Stop ztpd with ``sig`` (SIGKILL: a crash) and start it again on the same state."""
-        lab = self._running()
-        self._stop(lab.procs.pop("ztpd"), sig)
+        lab = self._built()
+        self._stop(lab.procs.pop("ztpd", None), sig)
         self.save(lab)
         lab.procs["ztpd"] = _track(self._start_ztpd(Netns.attach(self.server_ns), lab.dhcp))
         self.save(lab)
@@ -329,8 +330,11 @@ class Lab:
         self._say(f"restarted ztpd after {signal.Signals(sig).name} (pid {lab.procs['ztpd'].pid})")
 
     @staticmethod
-    def _stop(proc: Proc, sig: int, timeout: float = 30.0) -> None:
-        """Signal ``proc``'s group and wait until it is gone (SIGKILL after ``timeout``)."""
+    def _stop(proc: Proc | None, sig: int, timeout: float = 30.0) -> None:
+        """Signal ``proc``'s group and wait until it is gone (SIGKILL after ``timeout``); a
+        process that is gone already (its pid maybe reused) is left alone."""
+        if proc is None or not proc.alive():
+            return
         stop_group(proc.pid, sig)
         deadline = time.monotonic() + timeout
         while proc.alive():
