@@ -1,8 +1,9 @@
 """Following the lab's VMs through ztpd's store: one line per step, a table, a summary.
 
 The store is opened read-only and polled (the daemon commits, WAL lets readers in); a VM is
-found by its MACs. The steps of a VM are its first DHCP lease, its first boot-script request,
-then every state its node enters, each timed from the VM's power-on. ``summary`` and
+found by its MACs. The steps of a VM are every state its node enters (``discovered``: its first
+DHCP request) and its first boot-script request, each timed from the VM's power-on (a lease's
+time is its latest renewal, so leases are not steps). ``summary`` and
 ``timings`` report the phases (``PHASES``) and, for a VM that is not installed, why.
 """
 
@@ -76,10 +77,6 @@ class Progress:
 
     def _poll(self, store: Store) -> None:
         by_mac = {m: v for v in self.vms for m in self._macs(v)}
-        for row in store.query("SELECT mac, updated_at FROM leases WHERE state = 'bound'"):
-            vm = by_mac.get(normalize_mac(row["mac"]))
-            if vm is not None:
-                self._add(vm.name, "dhcp lease", row["updated_at"])
         node_vm: dict[int, str] = {}
         for node in Nodes(store).list():
             owner = next((by_mac[m] for m in node.macs if m in by_mac), None)
