@@ -64,17 +64,31 @@ def open_store(config: Config) -> Store:
     return Store(config.db_path)
 
 
-def dhcp_series(counters: Mapping[str, int]) -> list[tuple[dict[str, str], float]]:
-    """DhcpService's counters ("reply.offer", "drop.bad_packet", "received" ...) as
-    ``ztpd_dhcp_packets_total{type, outcome}`` series."""
-    out: list[tuple[dict[str, str], float]] = []
+def dhcp_series(
+    counters: Mapping[str, int],
+) -> tuple[list[tuple[dict[str, str], float]], list[tuple[dict[str, str], float]]]:
+    """DhcpService's counters as (packet series, store-write series): ``reply.offer`` →
+    ``ztpd_dhcp_packets_total{type="offer", outcome="sent"}``, ``drop.rate_limit`` →
+    ``{type="any", outcome="drop_rate_limit"}`` (a dropped packet has no trusted type);
+    ``leases.committed`` and ``sightings.recorded`` count rows, not packets, so they go to
+    ``ztpd_dhcp_store_writes_total{kind}``."""
+    packets: list[tuple[dict[str, str], float]] = []
+    writes: list[tuple[dict[str, str], float]] = []
     for key, value in counters.items():
         kind, _, detail = key.partition(".")
         if kind == "reply":
-            out.append(({"type": detail, "outcome": "sent"}, value))
+            packets.append(({"type": detail, "outcome": "sent"}, value))
+        elif detail in ("committed", "recorded"):
+            writes.append(({"kind": kind}, value))
         else:
-            out.append(({"type": "any", "outcome": key.replace(".", "_")}, value))
-    return out
+            packets.append(({"type": "any", "outcome": key.replace(".", "_")}, value))
+    return packets, writes
+
+
+def _mirror_dhcp(metrics: Metrics, counters: Mapping[str, int]) -> None:
+    packets, writes = dhcp_series(counters)
+    metrics.dhcp_packets.mirror(packets)
+    metrics.dhcp_store_writes.mirror(writes)
 
 
 def make_lifecycle(config: Config, store: Store) -> Lifecycle:
@@ -187,9 +201,7 @@ class Appliance:
         self.dhcp = DhcpService(
             config.dhcp, SqliteBackend(store, sync=config.dhcp.lease_sync), boot_targets(config)
         )
-        self.metrics.registry.on_collect(
-            lambda: self.metrics.dhcp_packets.mirror(dhcp_series(self.dhcp.counters))
-        )
+        self.metrics.registry.on_collect(lambda: _mirror_dhcp(self.metrics, self.dhcp.counters))
         # Called on SIGHUP (and by the profile watcher): each reloads what it owns.
         self.reloaders: list[Callable[[], None]] = [
             self.match_worker.reload,

@@ -252,6 +252,11 @@ class Metrics:
             "DHCP packets by message type and what ztpd did with them",
             ["type", "outcome"],
         )
+        self.dhcp_store_writes = r.counter(
+            "ztpd_dhcp_store_writes_total",
+            "Rows the DHCP writer committed: leases (before their ACK) and node sightings",
+            ["kind"],
+        )
         self.dhcp_leases = r.gauge(
             "ztpd_dhcp_leases_in_use", "Bound, unexpired DHCP leases per subnet", ["subnet"]
         )

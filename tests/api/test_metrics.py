@@ -108,7 +108,8 @@ async def test_scrape_follows_conventions_and_counts(client: Client, env: Env) -
     fams = parse(await resp.text())
     check_conventions(fams)
     expected = {
-        "ztpd_build_info", "ztpd_dhcp_packets_total", "ztpd_dhcp_leases_in_use",
+        "ztpd_build_info", "ztpd_dhcp_packets_total", "ztpd_dhcp_store_writes_total",
+        "ztpd_dhcp_leases_in_use",
         "ztpd_boots_total", "ztpd_http_requests_total", "ztpd_http_response_bytes_total",
         "ztpd_tftp_requests_total", "ztpd_tftp_sent_bytes_total", "ztpd_nodes",
         "ztpd_lifecycle_phase_duration_seconds", "ztpd_node_failures_total",
@@ -180,3 +181,24 @@ def test_histogram_buckets() -> None:
         == 4
     )
     assert value(fams, "ztpd_lifecycle_phase_duration_seconds_sum", state="deploying") == 10006.5
+
+
+def test_dhcp_counters_map_to_packet_and_store_write_series() -> None:
+    from ztpd.app import dhcp_series
+
+    counters = {
+        "received": 9, "reply.offer": 4, "reply.ack": 3, "drop.rate_limit": 2,
+        "leases.committed": 3, "sightings.recorded": 5, "error.send": 1,
+    }  # fmt: skip
+    packets, writes = dhcp_series(counters)
+    assert sorted(packets, key=str) == sorted(
+        [
+            ({"type": "any", "outcome": "received"}, 9),
+            ({"type": "offer", "outcome": "sent"}, 4),
+            ({"type": "ack", "outcome": "sent"}, 3),
+            ({"type": "any", "outcome": "drop_rate_limit"}, 2),
+            ({"type": "any", "outcome": "error_send"}, 1),
+        ],
+        key=str,
+    )
+    assert sorted(writes, key=str) == [({"kind": "leases"}, 3), ({"kind": "sightings"}, 5)]
