@@ -45,7 +45,7 @@ AFTER_INVENTORY = {"inspected", "unmatched", "awaiting-approval", "matched", "fa
 
 @pytest.fixture
 def site(lan: Lan, image: Path, tmp_path: Path) -> Iterator[Site]:
-    """``ztpd serve`` in the LAN's server namespace; an agent silent for 10 s fails."""
+    """``ztpd serve`` in the LAN's server namespace; an agent silent for 15 s fails."""
     require()
     if problems := missing():
         pytest.skip(f"needs {'; '.join(problems)}")
