@@ -130,7 +130,12 @@ async def _proxy_one(
     lines = [f"{method} {path} {version}", *keep, "Connection: close", "", ""]
     up_w.write("\r\n".join(lines).encode("latin-1"))
     try:
+        status = await asyncio.wait_for(up_r.readline(), 60)
+        print(f"proxy: {method} {target} {status.decode('latin-1').strip()}", file=sys.stderr)
+        down_w.write(status)
         await asyncio.gather(_pipe(down_r, up_w), _pipe(up_r, down_w))
+    except (OSError, TimeoutError) as e:
+        print(f"proxy: {method} {target} failed: {e!r}", file=sys.stderr)
     finally:
         for w in (up_w, down_w):
             w.close()
@@ -147,6 +152,7 @@ def start_dns_relay(listen: socket.socket, upstream: str) -> None:
     installer asks for name servers when DHCP names none, and resolves a few names)."""
 
     def one(query: bytes, client: tuple[str, int]) -> None:
+        print(f"dns: query from {client[0]}", file=sys.stderr)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
             up.settimeout(5)
             with contextlib.suppress(OSError):
