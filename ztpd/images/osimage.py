@@ -76,7 +76,9 @@ SECTOR = 512
 MBR_BPB = (0x03, 0x5A)  # the BIOS parameter block: kept from the disk's own MBR
 MBR_KERNEL_SECTOR = 0x5C  # u64 LBA of core.img's first sector
 MBR_BOOT_DRIVE = 0x64  # 0xff: use the drive the BIOS booted from (DL)
-MBR_DRIVE_CHECK = 0x66  # a 2-byte jmp; NOPs make boot.img trust DL only for hard disks
+# A 2-byte jmp over boot.img's drive check; as NOPs (setup.c does this for hard disks), a
+# BIOS that passes a floppy number in DL for a disk boot gets drive 0x80 instead.
+MBR_DRIVE_CHECK = 0x66
 MBR_CODE_END = 0x1B8  # disk signature and partition table start here: kept
 CORE_BLOCKLIST = SECTOR - 12  # diskboot.img's first blocklist: u64 start, u16 len, u16 segment
 
@@ -399,8 +401,9 @@ def bios_boot(mbr: bytes, boot: bytes, core: bytes, core_lba: int) -> tuple[byte
     a core.img embedded at ``core_lba`` (a BIOS boot partition).
 
     ``mbr`` keeps its BPB area, disk signature and (protective) partition table; the rest is
-    ``boot``'s code, told where core.img starts, to use the drive the BIOS names, and to skip
-    its floppy check. core.img's first blocklist names the sectors after its first one.
+    ``boot``'s code, told where core.img starts, to use the drive the BIOS names, and with
+    its hard-disk drive check enabled. core.img's first blocklist names the sectors after its
+    first one.
     """
     if len(mbr) != SECTOR or len(boot) != SECTOR or mbr[510:] != b"\x55\xaa":
         raise ZtpdError("images: BIOS boot needs a 512-byte MBR with its 55aa signature")
