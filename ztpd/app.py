@@ -29,6 +29,7 @@ from ztpd.http.install import Install, add_install_routes
 from ztpd.http.profiles_view import CatalogView
 from ztpd.http.server import HttpService, make_app
 from ztpd.images import missing as images_missing
+from ztpd.images.installers import needed as installers_needed
 from ztpd.images.installers import problems as installer_problems
 from ztpd.install.backend import StoreInstallBackend, catalog_os
 from ztpd.install.deploy import ImageDeploy
@@ -130,7 +131,7 @@ def check(config: Config) -> CheckReport:
         gaps = installer_problems(config.images_dir, os_of)
         report.warnings += gaps
         if not gaps:
-            report.ok.append(f"installer files for {len(os_of)} profile(s)")
+            report.ok += installers_needed(os_of) or ["no profile boots an installer"]
     return report
 
 

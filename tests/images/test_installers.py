@@ -41,6 +41,14 @@ def test_problems_name_each_missing_file_its_profiles_and_how_to_get_it(tmp_path
         "imaged": _os("image", image="debian-12"),  # needs no installer
         "bare": None,
     }
+    assert installers.needed(profiles) == [
+        "installer ubuntu-24.04 (autoinstall) needs "
+        "installers/ubuntu-24.04/{vmlinuz,initrd,installer.iso} for profiles ubuntu",
+        "installer rocky-9 (kickstart) needs installers/rocky-9/{vmlinuz,initrd.img} "
+        "for profiles rocky",
+        "installer debian-12 (preseed) needs installers/debian-12/{linux,initrd.gz} "
+        "for profiles deb-a, deb-b",
+    ]
     found = installers.problems(tmp_path, profiles)
     assert len(found) == 2 + 3 + 2
     linux = [p for p in found if "'linux'" in p]

@@ -83,15 +83,29 @@ def fetch(
     return done
 
 
+def needs(profiles: Mapping[str, Os | None]) -> dict[tuple[str, str], list[str]]:
+    """(method, release) → the profiles installing with it, for every installer method."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for name, os_ in sorted(profiles.items()):
+        if os_ is not None and os_.method in FILES and os_.release:
+            found.setdefault((os_.method, os_.release), []).append(name)
+    return dict(sorted(found.items()))
+
+
+def needed(profiles: Mapping[str, Os | None]) -> list[str]:
+    """What ``ztpd check`` says each installer method and release needs, and for whom."""
+    return [
+        f"installer {release} ({method}) needs installers/{release}/"
+        f"{{{','.join(FILES[method])}}} for profiles {', '.join(names)}"
+        for (method, release), names in needs(profiles).items()
+    ]
+
+
 def problems(images_dir: Path, profiles: Mapping[str, Os | None]) -> list[str]:
     """One line per installer file a profile needs that is missing or changed, naming the
     profiles that need it and how to get it."""
-    needs: dict[tuple[str, str], list[str]] = {}
-    for name, os_ in sorted(profiles.items()):
-        if os_ is not None and os_.method in FILES and os_.release:
-            needs.setdefault((os_.method, os_.release), []).append(name)
     found = []
-    for (method, release), names in sorted(needs.items()):
+    for (method, release), names in needs(profiles).items():
         hint = (
             "run `ztpd images fetch`"
             if release in PACKAGES
