@@ -1,0 +1,437 @@
+"""End to end, image deploy: QEMU VMs (UEFI, TCG) with empty disks PXE boot from a real
+``ztpd serve`` (full DHCP, TFTP, HTTP) on a LAN of network namespaces. The discovery agent
+inspects the machine, the profile (``os.method: image``) matches, the agent reboots it into the
+image writer, which streams the Debian image onto the disk ztpd chose and writes the node's
+cloud-init seed; the machine boots its disk and cloud-init calls back: ``deployed``. A power
+cycle then boots the disk again (the local script). The disk is checked from the host after.
+
+Bad input: an image whose registered sha256 is wrong (the agent wipes what it wrote and stays
+up; ``failed``), a disk smaller than the image and a profile whose hints fit no disk (refused
+by ztpd before anything is written; ``failed`` with the reason)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.boot.test_vm import router_advertisements
+from tests.discovery.conftest import CHECKOUT_CACHE
+from tests.netns import Lan, Netns, lan, require, wait_for
+from ztpd.images import discovery, osimage
+from ztpd.lab.vm import OVMF_CODE, OVMF_VARS, QEMU, Shape, VmFiles, VmSpec, qemu_argv
+from ztpd.model import Node
+from ztpd.store import Nodes, Store
+
+from .conftest import IMAGES, ROOT
+
+__all__ = ["lan"]
+
+pytestmark = [pytest.mark.netns, pytest.mark.vm, pytest.mark.slow]
+
+SERVER = "10.79.0.1"
+SUBNET = "10.79.0.0/24"
+# TCG on two shared cores: two discovery boots, a 1 GB write, OVMF trying the NIC's PXEv6 and
+# HTTP entries before the disk (minutes), a Debian boot with cloud-init.
+DEADLINE = 2100.0
+REFUSED_DEADLINE = 600.0  # two discovery boots, nothing written
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk2Zb6o1Xj3QX0bq1Vx3m9XG6Xo1m8k5G3o4xqz1K2P e2e@test"
+CONSOLE = "console=ttyS0,115200n8"
+BAD = "bad-12"  # the OS image registered under another name with a wrong sha256
+
+
+def profile(name: str, serial: str, image: str, root_disk: dict[str, Any], priority: int) -> str:
+    return yaml.safe_dump(
+        {
+            "name": name,
+            "priority": priority,
+            "match": [{"field": "system.serial", "op": "eq", "value": serial}],
+            "os": {
+                "method": "image",
+                "image": image,
+                "root_disk": root_disk,
+                "hostname": "img-{{ boot.pxe_interface | replace(':', '') }}",
+                "users": [{"name": "ops", "sudo": True, "ssh_keys": [KEY]}],
+                "network": {"mode": "dhcp", "interface": "pxe"},
+                "packages": [],  # the LAN has no way to a mirror
+            },
+        }
+    )
+
+
+# serial → (profile, image, root disk hints, disk size in MiB)
+MACHINES: dict[str, tuple[str, str, dict[str, Any], int]] = {
+    "ZTIMG0001": ("img-good", "debian-12", {"serial": "ZTIMG0001-D0"}, 4096),
+    "ZTIMG0002": ("img-bad-sha", BAD, {"serial": "ZTIMG0002-D0"}, 2048),
+    "ZTIMG0003": ("img-small-disk", "debian-12", {"serial": "ZTIMG0003-D0"}, 512),
+    "ZTIMG0004": ("img-no-disk", "debian-12", {"serial": "NO-SUCH-DISK"}, 2048),
+}
+
+
+@pytest.fixture(scope="module")
+def discovery_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The discovery image with this checkout's agent (the .debs cached in the checkout)."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        pytest.skip("needs apt-get and dpkg (Debian) to build the discovery image")
+    images = tmp_path_factory.mktemp("images")
+    CHECKOUT_CACHE.mkdir(parents=True, exist_ok=True)
+    (images / "cache").mkdir()
+    (images / "cache" / discovery.SUBDIR).symlink_to(CHECKOUT_CACHE)
+    discovery.build(images)
+    return images / discovery.SUBDIR
+
+
+def register(images: Path, image: osimage.OsImage) -> None:
+    """The OS image under its own name, and again as ``BAD`` with a wrong sha256 for the file
+    the agent gets (hard links: no copy of a gigabyte)."""
+    for name, corrupt in ((image.name, False), (BAD, True)):
+        out = images / osimage.OS_DIR / name
+        out.mkdir(parents=True)
+        files = {}
+        for f in image.files:
+            dest = f.name.replace(image.name, name, 1)
+            os.link(IMAGES / osimage.OS_DIR / image.name / f.name, out / dest)
+            wrong = corrupt and dest.endswith(".zst")
+            files[dest] = {"sha256": "0" * 64 if wrong else f.sha256, "size": f.size}
+        manifest = {**image.to_dict(), "name": name, "files": files}
+        (out / osimage.MANIFEST).write_text(json.dumps(manifest))
+
+
+@dataclass
+class Site:
+    ns: Netns
+    lan: Lan
+    dir: Path
+    proc: subprocess.Popen[bytes]
+    store: Store
+
+    def log(self) -> str:
+        return (self.dir / "ztpd.log").read_text(errors="replace")
+
+    def node(self, serial: str) -> Node | None:
+        row = self.store.query_one("SELECT id FROM nodes WHERE serial = ?", (serial,))
+        return Nodes(self.store).get(int(row["id"])) if row else None
+
+    def events(self, node_id: int, kind: str) -> list[dict[str, Any]]:
+        rows = self.store.query(
+            "SELECT id, cause, detail FROM events WHERE node_id = ? AND kind = ? ORDER BY id",
+            (node_id, kind),
+        )
+        return [{"id": r["id"], "cause": r["cause"], **json.loads(r["detail"])} for r in rows]
+
+
+@pytest.fixture
+def site(lan: Lan, tmp_path: Path, image: osimage.OsImage, discovery_image: Path) -> Iterator[Site]:
+    require(QEMU, "qemu-img", "dnsmasq", "sfdisk", "debugfs")
+    if not (OVMF_CODE.is_file() and OVMF_VARS.is_file()):
+        pytest.skip(f"needs OVMF: {OVMF_CODE} (apt-get install ovmf)")
+    images = tmp_path / "images"
+    (images / "discovery").mkdir(parents=True)
+    for name in ("ipxe.efi", "snponly.efi"):
+        if not (IMAGES / name).is_file():
+            pytest.skip(f"needs the iPXE loaders: run `make images` ({name})")
+        shutil.copyfile(IMAGES / name, images / name)
+    for name in ("vmlinuz", "initrd.img"):
+        shutil.copyfile(discovery_image / name, images / "discovery" / name)
+    register(images, image)
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    for priority, (serial, (name, img, hints, _)) in enumerate(MACHINES.items(), start=10):
+        (profiles / f"{name}.yaml").write_text(profile(name, serial, img, hints, priority))
+    server = lan.host("srv", f"{SERVER}/24")
+    router_advertisements(server)
+    config = tmp_path / "ztpd.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "state_dir": str(tmp_path),
+                "images_dir": str(images),
+                "templates_dir": str(ROOT / "boot-templates"),
+                "profiles_dir": str(profiles),
+                "log": {"level": "info"},
+                "http": {"listen": [SERVER], "port": 8080},
+                "tftp": {"enabled": True, "listen": [SERVER], "port": 69},
+                "boot": {
+                    "discovery_args": "console=ttyS0,115200n8 ztpd.heartbeat=3 ztpd.lldp_wait=1"
+                },
+                "lifecycle": {"sweep_interval": 1},
+                "dhcp": {
+                    "mode": "full",
+                    "interfaces": ["eth0"],
+                    # Debian's (2019) ipxe.efi does not hand OVMF back its boot order on exit
+                    # (it hangs or resets); snponly.efi does, so the disk boots after it.
+                    "boot": {"files": {"uefi-x86_64": "snponly.efi"}},
+                    "subnets": [
+                        {
+                            "subnet": SUBNET,
+                            "pools": [{"start": "10.79.0.100", "end": "10.79.0.150"}],
+                            "router": SERVER,
+                        }
+                    ],
+                },
+            }
+        )
+    )
+    with (tmp_path / "ztpd.log").open("wb") as out:
+        proc = server.popen(
+            [sys.executable, "-m", "ztpd", "serve", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    log = tmp_path / "ztpd.log"
+    try:
+        wait_for(
+            lambda: "logger=ztpd.app ready" in log.read_text() or proc.poll() is not None,
+            "ztpd to start",
+            timeout=60,
+        )
+        assert proc.poll() is None, log.read_text()
+        store = Store(tmp_path / "ztpd.db")
+        try:
+            yield Site(server, lan, tmp_path, proc, store)
+        finally:
+            store.close()
+    finally:
+        server.stop(proc)
+
+
+@dataclass
+class Vm:
+    spec: VmSpec
+    files: VmFiles
+    proc: subprocess.Popen[bytes] | None = None
+
+    def console(self) -> str:
+        path = self.files.console
+        return path.read_text(errors="replace")[-4000:] if path.exists() else "(no console)"
+
+
+def machine(site: Site, serial: str, index: int) -> Vm:
+    """An empty disk of the machine's size, private UEFI variables, a tap on the LAN."""
+    disk_mib = MACHINES[serial][3]
+    spec = VmSpec(
+        name=f"img{index}",
+        index=index,
+        firmware="uefi",
+        shape=Shape("image-e2e", cpus=2, memory_mb=1024, disks_gb=(0,), nics=1),
+        serial=serial,
+        uuid=f"6d1f0000-0000-4000-8000-{index:012d}",
+        macs=(f"52:54:00:79:00:{index:02x}",),
+        taps=(f"tapimg{index}",),
+    )
+    files = VmFiles(site.dir / spec.name)
+    files.dir.mkdir()
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(files.disk(0)), f"{disk_mib}M"],
+        check=True,
+    )
+    shutil.copyfile(OVMF_VARS, files.vars)
+    site.lan.tap(spec.taps[0])
+    return Vm(spec, files)
+
+
+def power_on(site: Site, vm: Vm) -> None:
+    assert site.lan.switch is not None
+    with vm.files.qemu_log.open("ab") as out:
+        vm.proc = site.lan.switch.popen(
+            qemu_argv(vm.spec, vm.files, "tcg"), stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def power_off(site: Site, vm: Vm) -> None:
+    if vm.proc is not None and site.lan.switch is not None:
+        site.lan.switch.stop(vm.proc)
+        vm.proc = None
+
+
+def wait_state(site: Site, vm: Vm, states: set[str], deadline: float) -> Node:
+    def reached() -> Node | None:
+        node = site.node(vm.spec.serial)
+        if node is not None and node.state in states:
+            return node
+        if vm.proc is not None and vm.proc.poll() is not None:
+            raise AssertionError(f"QEMU exited {vm.proc.returncode}:\n{vm.console()}")
+        return None
+
+    try:
+        node = wait_for(reached, f"{vm.spec.serial} to be {states}", timeout=deadline, step=2)
+    except AssertionError as e:
+        node = site.node(vm.spec.serial)
+        state = (node.state, node.reason) if node else "no node"
+        raise AssertionError(f"{e}; node {state}; console:\n{vm.console()}") from None
+    assert isinstance(node, Node)
+    return node
+
+
+def agent_log(site: Site, node_id: int) -> str:
+    rows = site.store.query(
+        "SELECT text FROM agent_logs WHERE node_id = ? ORDER BY ts, offset", (node_id,)
+    )
+    return "".join(r["text"] for r in rows)
+
+
+def raw_copy(vm: Vm) -> Path:
+    """The VM's disk as a (sparse) raw file, for the host's tools."""
+    raw = vm.files.dir / "disk.raw"
+    subprocess.run(
+        ["qemu-img", "convert", "-O", "raw", str(vm.files.disk(0)), str(raw)],
+        check=True,
+        timeout=300,
+    )
+    return raw
+
+
+def debugfs_cat(raw: Path, offset: int, path: str) -> str:
+    done = subprocess.run(
+        ["debugfs", "-R", f"cat {path}", f"{raw}?offset={offset}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return done.stdout
+
+
+def test_image_deploy_end_to_end(site: Site) -> None:
+    vm = machine(site, "ZTIMG0001", 1)
+    started = time.monotonic()
+    power_on(site, vm)
+    try:
+        node = wait_state(site, vm, {"deployed", "failed"}, DEADLINE)
+        assert node.state == "deployed", (node.reason, agent_log(site, node.id), vm.console())
+        print(f"power-on to deployed: {time.monotonic() - started:.0f}s")
+        hostname = "img-525400790001"
+        assert node.hostname == hostname
+        assert node.facts["ssh_host_keys"] and node.facts["installed_hostname"] == hostname
+        assert node.facts["image_deploy"]["disk"] == "/dev/vda"
+        assert node.facts["install_progress"]["stage"] == "written"
+
+        # What was served, in order: discovery, the image writer, then the disk (local).
+        served = [e["served"] for e in site.events(node.id, "boot") if e.get("asked") == "/ipxe"]
+        assert served[:2] == ["discovery.ipxe.j2", "install/image.ipxe.j2"], served
+        assert served[2:] == ["local.ipxe.j2"], served
+        install = site.events(node.id, "install")
+        progress = [e for e in install if e["cause"] == "progress"]
+        assert any(0 < (e.get("percent") or 0) < 100 and e.get("rate") for e in progress)
+        assert progress[-1]["stage"] == "written"
+        log = agent_log(site, node.id)
+        assert "mode=deploy" in log and "seed written" in log, log
+        assert "/install/" not in log and "/install/" not in site.log()
+
+        # A power cycle boots the disk again: the local script, and the node stays deployed.
+        seen = len(served)
+        power_off(site, vm)
+        power_on(site, vm)
+
+        def booted_again() -> bool:
+            events = site.events(node.id, "boot")
+            scripts = [e["served"] for e in events if e.get("asked") == "/ipxe"]
+            return len(scripts) > seen and "Linux version" in vm.console()
+
+        wait_for(booted_again, "the second boot from disk", timeout=DEADLINE / 2, step=2)
+        scripts = [e["served"] for e in site.events(node.id, "boot") if e.get("asked") == "/ipxe"]
+        assert scripts[seen:] == ["local.ipxe.j2"], scripts
+        after = site.node("ZTIMG0001")
+        assert after is not None and after.state == "deployed"
+    finally:
+        power_off(site, vm)
+
+    # The disk, from the host: GPT, the root (last partition, grown on first boot), the seed.
+    raw = raw_copy(vm)
+    table = json.loads(
+        subprocess.run(
+            ["sfdisk", "-J", str(raw)], capture_output=True, text=True, check=True
+        ).stdout
+    )["partitiontable"]
+    assert table["label"] == "gpt"
+    root = table["partitions"][-1]
+    assert root["size"] * 512 > 2 * (1 << 30), root  # growpart took the 4 GiB disk
+    offset = root["start"] * table.get("sectorsize", 512)
+    seed = "/var/lib/cloud/seed/nocloud"
+    assert f"local-hostname: {hostname}" in debugfs_cat(raw, offset, f"{seed}/meta-data")
+    user_data = debugfs_cat(raw, offset, f"{seed}/user-data")
+    assert user_data.startswith("#cloud-config") and KEY in user_data
+    assert "/firstboot" in user_data
+    assert "ethernets" in debugfs_cat(raw, offset, f"{seed}/network-config")
+
+    # retire --wipe metadata: the next boot runs the agent, which erases every disk's tables
+    # and signatures and reports; the node is retired and the agent powers the machine off.
+    retire = subprocess.run(
+        [sys.executable, "-m", "ztpd", "node", "retire", "ZTIMG0001", "--wipe", "metadata",
+         "--config", str(site.dir / "ztpd.yaml")],
+        capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert retire.returncode == 0 and "-> retiring" in retire.stdout, retire.stderr
+    power_on(site, vm)
+    try:
+        retired = wait_state(site, vm, {"retired", "failed"}, DEADLINE / 2)
+        assert retired.state == "retired", (retired.reason, vm.console())
+        wait_for(lambda: vm.proc is not None and vm.proc.poll() is not None, "the poweroff", 120)
+    finally:
+        power_off(site, vm)
+    raw.unlink()
+    wiped = raw_copy(vm)
+    assert subprocess.run(["sfdisk", "-d", str(wiped)], capture_output=True).returncode != 0
+    with wiped.open("rb") as f:
+        assert f.read(1 << 20) == bytes(1 << 20)
+        f.seek(-(1 << 20), os.SEEK_END)
+        assert f.read() == bytes(1 << 20)
+
+
+def boot_scripts(site: Site, node_id: int) -> list[str]:
+    return [e["served"] for e in site.events(node_id, "boot") if e.get("asked") == "/ipxe"]
+
+
+def test_a_wrong_sha256_wipes_what_was_written_and_does_not_reboot(site: Site) -> None:
+    vm = machine(site, "ZTIMG0002", 2)
+    power_on(site, vm)
+    try:
+        node = wait_state(site, vm, {"deployed", "failed"}, DEADLINE)
+        assert node.reason is not None and node.failed_from == "deploying"
+        assert node.reason.startswith("image write failed: sha256 mismatch"), node.reason
+        # The agent stays up and says so; the machine was not rebooted into a bad disk.
+        wait_for(lambda: "write-image failed" in agent_log(site, node.id), "the agent log", 60)
+        assert boot_scripts(site, node.id) == ["discovery.ipxe.j2", "install/image.ipxe.j2"]
+        assert vm.proc is not None and vm.proc.poll() is None
+    finally:
+        power_off(site, vm)
+    raw = raw_copy(vm)
+    assert subprocess.run(["sfdisk", "-d", str(raw)], capture_output=True).returncode != 0
+    with raw.open("rb") as f:
+        assert f.read(1 << 20) == bytes(1 << 20)
+
+
+def test_images_that_cannot_fit_are_refused_before_anything_is_written(site: Site) -> None:
+    small, nowhere = machine(site, "ZTIMG0003", 3), machine(site, "ZTIMG0004", 4)
+    why = [
+        (small, "536870912 bytes is less than min_size 929038336"),
+        (nowhere, "serial is 'ZTIMG0004-D0', not 'NO-SUCH-DISK'"),
+    ]
+    try:
+        for vm, _ in why:
+            power_on(site, vm)
+        for vm, reason in why:
+            node = wait_state(site, vm, {"failed"}, REFUSED_DEADLINE)
+            assert node.reason is not None and node.failed_from == "deploying"
+            assert node.reason.startswith("image deploy: image debian-12 needs 929038336 bytes")
+            assert reason in node.reason, node.reason
+            assert boot_scripts(site, node.id) == ["discovery.ipxe.j2", "install/image.ipxe.j2"]
+    finally:
+        for vm, _ in why:
+            power_off(site, vm)
+    for vm, _ in why:  # nothing written: the disks read as the empty ones they were made as
+        empty = vm.files.dir / "empty.qcow2"
+        size = f"{MACHINES[vm.spec.serial][3]}M"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(empty), size], check=True)
+        same = subprocess.run(["qemu-img", "compare", str(empty), str(vm.files.disk(0))])
+        assert same.returncode == 0, vm.spec.serial
