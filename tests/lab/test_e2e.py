@@ -126,9 +126,11 @@ def test_bios_and_uefi_vms_install_then_boot_their_disks(lab_run: LabRun, tmp_pa
     assert lab_run.lease("vm1") and lab_run.lease("vm2")
     platforms = {vm: boots(lab_run, vm)[0].detail.get("platform") for vm in ("vm1", "vm2")}
     assert platforms == {"vm1": "pcbios", "vm2": "efi"}
-    # UEFI: OVMF's own PXE fetched iPXE over TFTP before the HTTP stage.
+    # UEFI: OVMF's own PXE fetched iPXE (snponly.efi, see lab.BOOT_FILES) over TFTP first.
     tftp = [e.detail for e in lab_run.events("vm2") if e.kind == "boot"]
-    assert any(d.get("asked") == "tftp ipxe.efi" and d.get("status") == "sent" for d in tftp), tftp
+    assert any(d.get("asked") == "tftp snponly.efi" and d.get("status") == "sent" for d in tftp), (
+        tftp
+    )
     profiles = {vm: getattr(lab_run.node(vm), "profile", None) for vm in ("vm1", "vm2")}
     assert profiles == {"vm1": "kubeedge-edge", "vm2": "kubeedge-edge"}
     skip_unless_deployable(lab_run)

@@ -48,6 +48,10 @@ SUBNET = "10.231.0.0/24"
 SERVER_IP = "10.231.0.1"
 DHCP_IP = "10.231.0.2"  # dnsmasq, in proxy mode
 DHCP_MODES = ("full", "proxy")
+# UEFI VMs load snponly.efi: it drives only the NIC the firmware booted from through the
+# firmware's own SNP. With ipxe.efi (its own drivers on every NIC) a two-NIC VM hung for good
+# after the local-disk `exit`; with snponly.efi it gets back to OVMF.
+BOOT_FILES = {"files": {"uefi-x86_64": "snponly.efi"}}
 POOL = ("10.231.0.100", "10.231.0.199")
 HTTP_PORT = 8080
 STATE_FILE = "lab.json"
@@ -388,11 +392,12 @@ class Lab:
             },
             "tftp": {"enabled": True, "listen": [SERVER_IP], "port": 69},
             # proxy: dnsmasq hands out the addresses, ztpd only the boot.
-            "dhcp": {"mode": "proxy", "interfaces": ["eth0"]}
+            "dhcp": {"mode": "proxy", "interfaces": ["eth0"], "boot": BOOT_FILES}
             if dhcp == "proxy"
             else {
                 "mode": "full",
                 "interfaces": ["eth0"],
+                "boot": BOOT_FILES,
                 "subnets": [
                     {
                         "subnet": SUBNET,
