@@ -169,8 +169,11 @@ def site(lan: Lan, tmp_path: Path, image: osimage.OsImage, discovery_image: Path
                     "mode": "full",
                     "interfaces": ["eth0"],
                     # Debian's (2019) ipxe.efi does not hand OVMF back its boot order on exit
-                    # (it hangs or resets); snponly.efi does, so the disk boots after it.
-                    "boot": {"files": {"uefi-x86_64": "snponly.efi"}},
+                    # (it hangs or resets); snponly.efi does, so the disk boots after it (and
+                    # after OVMF's HTTP boot entry, which gets the same loader).
+                    "boot": {
+                        "files": {"uefi-x86_64": "snponly.efi", "uefi-x86_64-http": "snponly.efi"}
+                    },
                     "subnets": [
                         {
                             "subnet": SUBNET,
