@@ -48,10 +48,11 @@ SUBNET = "10.231.0.0/24"
 SERVER_IP = "10.231.0.1"
 DHCP_IP = "10.231.0.2"  # dnsmasq, in proxy mode
 DHCP_MODES = ("full", "proxy")
-# UEFI VMs load snponly.efi: it drives only the NIC the firmware booted from through the
-# firmware's own SNP. With ipxe.efi (its own drivers on every NIC) a two-NIC VM hung for good
-# after the local-disk `exit`; with snponly.efi it gets back to OVMF.
-BOOT_FILES = {"files": {"uefi-x86_64": "snponly.efi"}}
+# UEFI VMs load snponly.efi (over PXE and over OVMF's HTTP boot, which it tries next): it drives
+# only the NIC the firmware booted from through the firmware's own SNP. With ipxe.efi (its own
+# drivers on every NIC) a two-NIC VM hung for good after the local-disk `exit 1`, never reaching
+# the disk that comes after the NIC's boot entries.
+BOOT_FILES = {"files": {"uefi-x86_64": "snponly.efi", "uefi-x86_64-http": "snponly.efi"}}
 POOL = ("10.231.0.100", "10.231.0.199")
 HTTP_PORT = 8080
 STATE_FILE = "lab.json"
