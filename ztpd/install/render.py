@@ -308,6 +308,9 @@ class Renderer:
             "proxy": self.mirrors.proxy,
         }
         if release is None:
+            # An image named as a release (debian-12) gets that distribution's mirror for apt.
+            image = RELEASES.get(os_.image or "")
+            ctx["mirror"] = {"url": self.mirrors.url(image.distro)} if image else None
             return ctx
         disks = target.inventory.disks if target.inventory is not None else []
         try:
