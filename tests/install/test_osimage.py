@@ -142,9 +142,29 @@ def test_image_root_filesystem_is_generic(image: osimage.OsImage, tmp_path: Path
         )
         return done.stdout
 
+    def names(directory: str) -> set[str]:
+        # ls -p: one "/inode/mode/uid/gid/name/size/" line per entry.
+        lines = debugfs(f"ls -p {directory}").splitlines()
+        return {line.split("/")[5] for line in lines if line.count("/") >= 6} - {".", ".."}
+
     assert f"UUID={image.root_uuid}\t/\text4" in debugfs("cat /etc/fstab")
     assert "NoCloud" in debugfs("cat /etc/cloud/cloud.cfg.d/90-ztpd.cfg")
     assert "ssh_host_" not in debugfs("ls -l /etc/ssh")  # every node makes its own
     assert debugfs("cat /etc/machine-id") == ""
     assert "vmlinuz" in debugfs("ls -l /")
     assert f"--fs-uuid {image.root_uuid}" in debugfs("cat /boot/grub/grub.cfg")
+    # Small: no sound/wireless/media modules, docs or man pages; the server drivers stay.
+    assert "sound" in debugfs("cat /etc/dpkg/dpkg.cfg.d/ztpd-excludes")
+    (version,) = names("/usr/lib/modules")
+    kernel = f"/usr/lib/modules/{version}/kernel"
+    trees = names(kernel) | names(f"{kernel}/drivers")
+    for kept in ("fs", "net", "nvme", "scsi", "ata", "md", "virtio", "infiniband", "char"):
+        assert kept in trees, kept
+    for gone in ("sound", "drivers/media", "drivers/staging"):
+        assert names(f"{kernel}/{gone}") == set(), gone  # dpkg keeps the empty directory
+    assert "ethernet" in names(f"{kernel}/drivers/net")
+    assert names("/usr/share/man") == set()
+    # Fast first boot: trimmed cloud-init stages that still call back; no apt timers.
+    cloud = debugfs("cat /etc/cloud/cloud.cfg.d/90-ztpd.cfg")
+    assert "phone-home" in cloud and "growpart" in cloud and "apt-configure" in cloud
+    assert "/dev/null" in debugfs("stat /etc/systemd/system/apt-daily.timer")

@@ -58,9 +58,70 @@ BIOS_BOOT_MIB = 1
 ESP_MIB = 64
 ROOT_LABEL = "ztpd-root"
 ESP_LABEL = "ZTPD-ESP"
-KERNEL_ARGS = "ro console=tty0 console=ttyS0,115200n8"
+ROOT_SLACK_MIB = 48  # journal (16) + first-boot writes before the root grows
+# quiet: under emulation every console byte costs a trap; errors still reach the console.
+KERNEL_ARGS = "ro quiet console=tty0 console=ttyS0,115200n8"
 BUILD_TIMEOUT = 1800
 CHROOT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+# Kernel module trees a headless server or VM does without.
+# Kept: net/ethernet, block, scsi, nvme, ata, md, dm, fs, virtio, usb storage and HID,
+# infiniband, ipmi, and the small DRM drivers behind BMC and VM consoles (ast, mgag200,
+# bochs, simpledrm, virtio-gpu); only the big desktop GPU drivers go.
+UNNEEDED_MODULES = (
+    *("sound", "net/wireless", "net/mac80211", "net/bluetooth", "net/nfc", "net/can"),
+    *("net/ieee802154", "net/atm", "drivers/net/wireless", "drivers/net/wwan"),
+    *("drivers/net/can", "drivers/net/ieee802154", "drivers/net/hamradio", "drivers/bluetooth"),
+    *("drivers/media", "drivers/staging", "drivers/iio", "drivers/isdn", "drivers/nfc"),
+    *("drivers/atm", "drivers/pcmcia", "drivers/input/joystick", "drivers/input/touchscreen"),
+    *("drivers/input/tablet", "drivers/platform/chrome", "drivers/platform/surface"),
+    *("drivers/comedi", "drivers/mtd", "drivers/w1", "drivers/soundwire", "drivers/accessibility"),
+    *("drivers/net/fddi", "drivers/net/arcnet", "drivers/net/appletalk", "drivers/net/hippi"),
+    *("drivers/gpu/drm/amd", "drivers/gpu/drm/i915", "drivers/gpu/drm/nouveau"),
+    *("drivers/gpu/drm/radeon", "drivers/gpu/drm/vmwgfx", "drivers/gpu/drm/gma500"),
+)
+# Written before the recipe's packages are installed, so dpkg never unpacks these; what
+# debootstrap itself unpacked first is removed by the recipe's trim.
+DPKG_EXCLUDES = "\n".join(
+    (
+        "path-exclude=/usr/share/doc/*",
+        "path-include=/usr/share/doc/*/copyright",
+        "path-exclude=/usr/share/man/*",
+        "path-exclude=/usr/share/info/*",
+        "path-exclude=/usr/share/lintian/*",
+        "path-exclude=/usr/share/locale/*",
+        "path-include=/usr/share/locale/locale.alias",
+        "path-include=/usr/share/locale/en*",
+        "path-exclude=/boot/System.map-*",
+        *(
+            f"path-exclude={lib}/modules/*/kernel/{tree}/*"
+            for lib in ("/lib", "/usr/lib")  # bookworm's kernel packages ship /lib, later /usr/lib
+            for tree in UNNEEDED_MODULES
+        ),
+        "",
+    )
+)
+# Trimmed cloud-init stages: the seed's needs (hostname, users, keys, growpart, files,
+# commands, apt, packages, phone_home) and nothing that probes for what a node has not got.
+CLOUD_MODULES = {
+    "cloud_init_modules": (
+        *("seed_random", "bootcmd", "write-files", "growpart", "resizefs", "set_hostname"),
+        *("update_hostname", "update_etc_hosts", "users-groups", "ssh"),
+    ),
+    "cloud_config_modules": ("set-passwords", "apt-configure", "timezone", "runcmd"),
+    "cloud_final_modules": (
+        *("package-update-upgrade-install", "write-files-deferred", "scripts-per-once"),
+        *("scripts-per-boot", "scripts-per-instance", "scripts-user"),
+        *("ssh-authkey-fingerprints", "phone-home", "final-message", "power-state-change"),
+    ),
+}
+# Periodic jobs that would start on a freshly booted node and hold dpkg's lock or the disk
+# while cloud-init installs packages; an operator re-enables what the site wants.
+MASKED_UNITS = (
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+)
 # GPT partition type GUIDs (sfdisk accepts them verbatim).
 BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
@@ -97,9 +158,14 @@ class Recipe:
         "usr/share/locale",
         "usr/share/doc",
         "var/cache/apt/archives",
+        "var/cache/apt/pkgcache.bin",
+        "var/cache/apt/srcpkgcache.bin",
         "var/lib/apt/lists",
+        "var/cache/debconf/templates.dat-old",
+        "var/cache/debconf/config.dat-old",
+        "var/lib/dpkg/status-old",
     )
-    version: int = 3  # bump when the build steps change what ends up in the image
+    version: int = 5  # bump when the build steps change what ends up in the image
 
     def fingerprint(self, mirror: str) -> str:
         text = json.dumps({**asdict(self), "mirror": mirror}, sort_keys=True)
@@ -263,6 +329,9 @@ def _install(root: Path, recipe: Recipe, mirror: str, cache: Path) -> None:
         tail = log_file.read_text(errors="replace")[-1500:] if log_file.is_file() else ""
         raise ZtpdError(f"{e.message}\n{tail}") from None
     _unmount_below(root)
+    dpkg_cfg = root / "etc/dpkg/dpkg.cfg.d"
+    dpkg_cfg.mkdir(parents=True, exist_ok=True)
+    (dpkg_cfg / "ztpd-excludes").write_text(DPKG_EXCLUDES)
     # No daemon starts inside the build; name resolution as on this machine.
     policy = root / "usr/sbin/policy-rc.d"
     policy.write_text("#!/bin/sh\nexit 101\n")
@@ -304,7 +373,12 @@ def _configure(root: Path, root_uuid: str) -> None:
     cloud = root / "etc/cloud/cloud.cfg.d"
     cloud.mkdir(parents=True, exist_ok=True)
     # Only the seed ztpd's agent writes (or a CIDATA volume); never probe cloud metadata services.
-    (cloud / "90-ztpd.cfg").write_text("datasource_list: [NoCloud, None]\nlocale: C.UTF-8\n")
+    modules = "".join(f"{stage}: [{', '.join(names)}]\n" for stage, names in CLOUD_MODULES.items())
+    (cloud / "90-ztpd.cfg").write_text(f"datasource_list: [NoCloud, None]\n{modules}")
+    for unit in MASKED_UNITS:
+        masked = root / "etc/systemd/system" / unit
+        masked.unlink(missing_ok=True)
+        masked.symlink_to("/dev/null")
     # Every node gets its own SSH host keys and machine id on first boot.
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
@@ -313,6 +387,10 @@ def _configure(root: Path, root_uuid: str) -> None:
     dropin = root / "etc/systemd/system/ssh.service.d"
     dropin.mkdir(parents=True, exist_ok=True)
     (dropin / "ztpd-hostkeys.conf").write_text("[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n")
+    # The tree is as up to date as /usr: no hwdb, ldconfig or sysusers rebuild on first boot
+    # (ConditionNeedsUpdate= compares these stamps with /usr's mtime).
+    for stamp in (root / "etc/.updated", root / "var/.updated"):
+        stamp.write_text("")
     for log_file in (root / "var/log").rglob("*"):
         if log_file.is_file():
             log_file.unlink()
@@ -321,6 +399,8 @@ def _configure(root: Path, root_uuid: str) -> None:
 def _trim(root: Path, recipe: Recipe) -> None:
     for rel in recipe.trim:
         target = root / rel
+        if target.is_file():
+            target.unlink()
         if not target.is_dir():
             continue
         for child in target.iterdir():
@@ -525,11 +605,12 @@ def build(
         _configure(root, root_uuid)
         _trim(root, recipe)
         rootfs = work / "root.ext4"
-        # The tree, ext4's inode tables and journal, a little headroom: the image stays small
-        # and cloud-init's growpart + resize2fs take the rest of the node's disk on first boot.
+        # The tree, ext4's inode tables (1/32 of the size at -i 8192) and journal, and room
+        # for what the first boot writes before cloud-init's growpart and resize2fs take the
+        # rest of the node's disk: every MiB here is written to each node under emulation.
         used = _tree_bytes(root)
         with rootfs.open("wb") as f:
-            f.truncate(((used + used // 8) // MIB + 64) * MIB)
+            f.truncate(((used + used // 16) // MIB + ROOT_SLACK_MIB) * MIB)
         early = _early_cfg(work, root_uuid)
         esp = _esp(work, early)
         core = _core_img(work, early)
@@ -547,6 +628,8 @@ def build(
                     "1",
                     "-J",
                     "size=16",
+                    # Under 512 MiB mke2fs would pick its "small" type (1 KiB blocks).
+                    *("-T", "default", "-b", "4096", "-i", "8192"),
                 ),
                 *("-E", "root_owner=0:0", "-d", str(root), str(rootfs)),
             ],
