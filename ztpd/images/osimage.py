@@ -374,7 +374,10 @@ def _configure(root: Path, root_uuid: str) -> None:
     cloud.mkdir(parents=True, exist_ok=True)
     # Only the seed ztpd's agent writes (or a CIDATA volume); never probe cloud metadata services.
     modules = "".join(f"{stage}: [{', '.join(names)}]\n" for stage, names in CLOUD_MODULES.items())
-    (cloud / "90-ztpd.cfg").write_text(f"datasource_list: [NoCloud, None]\n{modules}")
+    # No DSA host key (OpenSSH refuses DSA by default): one key generation fewer at first boot.
+    (cloud / "90-ztpd.cfg").write_text(
+        f"datasource_list: [NoCloud, None]\nssh_genkeytypes: [rsa, ecdsa, ed25519]\n{modules}"
+    )
     for unit in MASKED_UNITS:
         masked = root / "etc/systemd/system" / unit
         masked.unlink(missing_ok=True)
