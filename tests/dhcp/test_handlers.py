@@ -74,7 +74,10 @@ def test_arch_table_picks_the_boot_file(fields: dict[str, object], file: str, tf
     assert isinstance(out, Outcome) and out.reply is not None
     r = out.reply
     assert (r.message_type, r.yiaddr, r.file) == (Msg.OFFER, "0.0.0.0", file)
-    assert r.siaddr == ("10.0.0.1" if tftp else "0.0.0.0")
+    assert r.siaddr == "10.0.0.1"  # a proxy offer always names the boot server (iPXE needs it)
+    offer = full().handle(req(**fields), AT, NOW)  # full mode: only for a TFTP file
+    assert isinstance(offer, Outcome) and offer.reply is not None
+    assert (offer.reply.file, offer.reply.siaddr) == (file, "10.0.0.1" if tftp else "0.0.0.0")
     if "HTTPClient" in str(fields["vendor_class"]):
         assert r.vendor_class == "HTTPClient"
     if file.endswith("boot.ipxe"):

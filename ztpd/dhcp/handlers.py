@@ -133,7 +133,9 @@ def _boot(
         return {}
     vendor_class = choice.vendor_class or (boot.PXE_CLIENT if proxy else None)
     out: dict[str, Any] = {"file": choice.file, "vendor_class": vendor_class}
-    if choice.tftp:
+    # iPXE takes a proxy offer only with both a next server and a file (dhcp_has_pxeopts),
+    # even when the file is an http:// URL.
+    if choice.tftp or proxy:
         out["siaddr"] = targets.tftp_server or server
     if proxy and vendor_class == boot.PXE_CLIENT:
         out["vendor_opts"] = boot.PXE_VENDOR_OPTS
