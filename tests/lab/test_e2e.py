@@ -6,14 +6,11 @@ One lab per test (its own namespaces, removed even on failure; see conftest). Th
 run at once and each VM carries several assertions, to keep the whole file well under 15 minutes
 on two cores:
 
-- full DHCP: a BIOS and a UEFI VM all the way, then a power cycle of both boots their disks;
-- proxy DHCP: dnsmasq hands out the address, ztpd only the boot (UEFI: TFTP through proxyDHCP);
-- one VM no profile fits stays ``unmatched`` with the reason, proceeds when a fitting profile
-  file appears (no restart), and reaches ``deployed`` through a SIGTERM and a ``kill -9`` of ztpd
-  in the middle of its deploy, with no lease or event lost.
-
-Until the image deploy path (issue #7) is in the tree, the tests check everything up to
-``matched`` and then skip, naming what is missing.
+- full DHCP, three VMs: a BIOS and a UEFI VM all the way, then a power cycle of both boots their
+  disks; a third that no profile fits stays ``unmatched`` with the reason and proceeds when a
+  fitting profile file appears (no restart); all three reach ``deployed`` through a SIGTERM and
+  a ``kill -9`` of ztpd in the middle of the deploys, with no lease or event lost;
+- proxy DHCP: dnsmasq hands out the address, ztpd only the boot (UEFI: TFTP through proxyDHCP).
 """
 
 from __future__ import annotations
@@ -62,19 +59,10 @@ def use_config(lab_run: LabRun, tmp_path: Path, profiles: Path = REPO / "profile
     lab_run.config.write_text(yaml.safe_dump(config))
 
 
-def deploy_missing() -> str | None:
-    """What this tree lacks to deploy the Debian image (issue #7), or None."""
-    if not (REPO / "ztpd" / "install" / "deploy.py").is_file():
-        return "the agent's write-image (ztpd/install/deploy.py, issue #7) is not in this tree"
+@pytest.fixture(autouse=True)
+def _debian_image() -> None:
     if not (IMAGES / "os" / "debian-12" / "manifest.json").is_file():
-        return "the Debian image: run `make os-image`"
-    return None
-
-
-def skip_unless_deployable(lab_run: LabRun) -> None:
-    missing = deploy_missing()
-    if missing is not None:
-        pytest.skip(f"needs the image deploy path: {missing} (checked up to matched)")
+        pytest.skip("needs the Debian image in images/os/debian-12: run `make os-image`")
 
 
 def transitions(lab_run: LabRun, vm: str) -> list[str]:
@@ -118,9 +106,28 @@ def snapshot(lab_run: LabRun) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]
     return events, leases
 
 
-def test_bios_and_uefi_vms_install_then_boot_their_disks(lab_run: LabRun, tmp_path: Path) -> None:
-    use_config(lab_run, tmp_path)
-    up = lab_run.up(nodes=2, firmware="mixed", timeout=DEPLOY_DEADLINE)  # vm1 BIOS, vm2 UEFI
+def lab_profiles(tmp_path: Path) -> Path:
+    """The shipped defaults and ``lab-edge``: kubeedge-edge for machines with at most two disks,
+    so vm1 (BIOS, one disk) and vm2 (UEFI, two) match and vm3 (three disks) fits nothing."""
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    shutil.copy(REPO / "profiles" / "_defaults.yaml", profiles)
+    edge = yaml.safe_load((REPO / "profiles" / "kubeedge-edge.yaml").read_text())
+    edge["name"] = "lab-edge"
+    edge["match"].append({"field": "disks", "count": {"op": "le", "value": 2}})
+    (profiles / "lab-edge.yaml").write_text(yaml.safe_dump(edge))
+    return profiles
+
+
+def test_bios_uefi_and_a_late_profile_deploy_through_ztpd_restarts(
+    lab_run: LabRun, tmp_path: Path
+) -> None:
+    """Three VMs in one lab, to keep the file inside its budget: vm1 (BIOS) and vm2 (UEFI) go
+    all the way and then boot their disks; vm3 stays ``unmatched`` until a fitting profile file
+    appears (no restart), and ztpd is stopped with SIGTERM and with kill -9 while they deploy."""
+    profiles = lab_profiles(tmp_path)
+    use_config(lab_run, tmp_path, profiles)
+    up = lab_run.up(nodes=3, firmware="mixed", timeout=DEPLOY_DEADLINE)  # BIOS, UEFI, BIOS
     for vm in ("vm1", "vm2"):
         lab_run.wait_state(vm, AT_LEAST_MATCHED, MATCH_DEADLINE)
     assert lab_run.lease("vm1") and lab_run.lease("vm2")
@@ -131,17 +138,45 @@ def test_bios_and_uefi_vms_install_then_boot_their_disks(lab_run: LabRun, tmp_pa
     assert any(d.get("asked") == "tftp snponly.efi" and d.get("status") == "sent" for d in tftp), (
         tftp
     )
-    profiles = {vm: getattr(lab_run.node(vm), "profile", None) for vm in ("vm1", "vm2")}
-    assert profiles == {"vm1": "kubeedge-edge", "vm2": "kubeedge-edge"}
-    skip_unless_deployable(lab_run)
+    profile = {vm: getattr(lab_run.node(vm), "profile", None) for vm in ("vm1", "vm2")}
+    assert profile == {"vm1": "lab-edge", "vm2": "lab-edge"}
 
-    for vm in ("vm1", "vm2"):
+    node = lab_run.wait_state("vm3", {State.UNMATCHED}, MATCH_DEADLINE)
+    assert node.profile is None and node.reason, node
+    # The explanation rides on the transition: each profile, each condition, the node's value.
+    [why] = [e.detail for e in lab_run.events("vm3") if e.to_state == State.UNMATCHED]
+    assert "lab-edge" in json.dumps(why) and "disks" in json.dumps(why), why
+    # A fitting profile file appears; ztpd polls the directory and matches the waiting node.
+    shutil.copy(REPO / "profiles" / "kubeedge-edge.yaml", profiles)
+    node = lab_run.wait_state("vm3", AT_LEAST_MATCHED, 120)
+    assert node.profile == "kubeedge-edge"
+
+    # Stop ztpd twice while vm1 deploys: nothing recorded is lost, and it hears from the VMs again.
+    lab_run.wait_state("vm1", {State.DEPLOYING, State.DEPLOYED}, MATCH_DEADLINE)
+    leases = {vm: (lab_run.lease(vm) or {}).get("ip") for vm in ("vm1", "vm2", "vm3")}
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        events, bound = snapshot(lab_run)
+        lab_run.ok("restart-ztpd", *(["--kill"] if sig == signal.SIGKILL else []))
+        after_events, after_bound = snapshot(lab_run)
+        assert events <= after_events, f"events lost over {sig.name}"
+        assert bound <= after_bound, f"leases lost over {sig.name}"
+        newest = max(e[0] for e in events)
+        wait_for(
+            lambda: last_event_id(lab_run) > newest,  # noqa: B023 (used at once)
+            f"a VM heard from after {sig.name}",
+            DEPLOY_DEADLINE / 3,
+            1,
+        )
+
+    for vm in ("vm1", "vm2", "vm3"):
         lab_run.wait_state(vm, {State.DEPLOYED}, DEPLOY_DEADLINE)
         assert in_order(transitions(lab_run, vm), PATH_TO_DEPLOYED), transitions(lab_run, vm)
+    assert in_order(transitions(lab_run, "vm3"), [State.UNMATCHED, *PATH_TO_DEPLOYED[2:]])
+    assert {vm: (lab_run.lease(vm) or {}).get("ip") for vm in leases} == leases
     # `lab up` stops following once every node is settled; all installed: exit 0.
     out, _ = up.communicate(timeout=60)
     assert up.returncode == 0, out
-    assert "summary: 2 of 2 nodes installed" in out, out
+    assert "summary: 3 of 3 nodes installed" in out, out
     assert (lab_run.state / "timings.json").is_file()
 
     # A second PXE boot (a power cycle) gets the local-boot script and boots the disk.
@@ -158,8 +193,7 @@ def test_bios_and_uefi_vms_install_then_boot_their_disks(lab_run: LabRun, tmp_pa
             DISK_BOOT_DEADLINE,
             2,
         )
-        node = lab_run.node(vm)
-        assert node is not None and node.state == State.DEPLOYED
+        assert getattr(lab_run.node(vm), "state", None) == State.DEPLOYED
         later = [e for e in lab_run.events(vm) if e.id > mark and e.kind == "transition"]
         assert later == [], later  # nothing reinstalled
 
@@ -176,53 +210,7 @@ def test_proxy_mode_dnsmasq_gives_the_address_ztpd_the_boot(
     assert node.ip is None or node.ip in leases
     assert lab_run.rows("SELECT * FROM leases") == []  # ztpd handed out no address
     assert "dhcp: proxy" in lab_run.ok("status")
-    skip_unless_deployable(lab_run)
 
     lab_run.wait_state("vm1", {State.DEPLOYED}, DEPLOY_DEADLINE)
     out, _ = up.communicate(timeout=60)
     assert up.returncode == 0, out
-
-
-def test_unmatched_until_a_profile_fits_then_deploys_through_ztpd_restarts(
-    lab_run: LabRun, tmp_path: Path
-) -> None:
-    profiles = tmp_path / "profiles"
-    profiles.mkdir()
-    shutil.copy(REPO / "profiles" / "_defaults.yaml", profiles)
-    (profiles / "big-iron.yaml").write_text(
-        "name: big-iron\nmatch:\n  - {field: cpu.count, op: ge, value: 64}\n"
-    )
-    use_config(lab_run, tmp_path, profiles)
-    lab_run.up(nodes=1, firmware="bios", timeout=DEPLOY_DEADLINE)
-
-    node = lab_run.wait_state("vm1", {State.UNMATCHED}, MATCH_DEADLINE)
-    assert node.profile is None and node.reason, node
-    # The explanation rides on the transition: each profile, each condition, the node's value.
-    [why] = [e.detail for e in lab_run.events("vm1") if e.to_state == State.UNMATCHED]
-    assert "big-iron" in json.dumps(why) and "cpu.count" in json.dumps(why), why
-    # A fitting profile file appears; ztpd polls the directory and matches the waiting node.
-    shutil.copy(REPO / "profiles" / "kubeedge-edge.yaml", profiles)
-    node = lab_run.wait_state("vm1", AT_LEAST_MATCHED, 60)
-    assert node.profile == "kubeedge-edge"
-    skip_unless_deployable(lab_run)
-
-    lab_run.wait_state("vm1", {State.DEPLOYING, State.DEPLOYED}, MATCH_DEADLINE)
-    lease = lab_run.lease("vm1")
-    assert lease is not None
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        events, leases = snapshot(lab_run)
-        lab_run.ok("restart-ztpd", *(["--kill"] if sig == signal.SIGKILL else []))
-        after_events, after_leases = snapshot(lab_run)
-        assert events <= after_events, f"events lost over {sig.name}"
-        assert leases <= after_leases, f"leases lost over {sig.name}"
-        # The restarted ztpd hears from the node again (deploy progress or its first boot).
-        newest = max(e[0] for e in events)
-        wait_for(
-            lambda: [e for e in lab_run.events("vm1") if e.id > newest],  # noqa: B023 (used at once)
-            f"vm1 heard from after {sig.name}",
-            DEPLOY_DEADLINE / 3,
-            1,
-        )
-    lab_run.wait_state("vm1", {State.DEPLOYED}, DEPLOY_DEADLINE)
-    assert in_order(transitions(lab_run, "vm1"), [State.UNMATCHED, *PATH_TO_DEPLOYED[2:]])
-    assert (lab_run.lease("vm1") or {}).get("ip") == lease["ip"]
