@@ -342,7 +342,8 @@ def test_image_deploy_end_to_end(site: Site) -> None:
         power_on(site, vm)
 
         def booted_again() -> bool:
-            return len(boot_scripts(site, node.id)) > seen and "Linux version" in vm.console()
+            text = vm.files.console.read_text(errors="replace")  # the whole boot, not the tail
+            return len(boot_scripts(site, node.id)) > seen and "Linux version" in text
 
         wait_for(booted_again, "the second boot from disk", timeout=DEADLINE / 2, step=2)
         scripts = boot_scripts(site, node.id)
