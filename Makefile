@@ -46,13 +46,15 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# Everything but the image-deploy end-to-end tests, which take tens of minutes under TCG on two
+# cores (over the CI budget): `make e2e` runs those.
 test: deps lint typecheck images os-image
-	$(BIN)/pytest -p no:cacheprovider tests
+	$(BIN)/pytest -p no:cacheprovider -m "not deploy" tests
 
-# The end-to-end suite alone (also part of `test`): QEMU VMs in the lab, from power-on to deployed
-# and a disk boot (root; images from `make images os-image`); timings in test-artifacts/.
+# The end-to-end deploy suite: QEMU VMs from power-on to deployed and a disk boot, in the lab and
+# through a bare ztpd serve (root; images from `make images os-image`); timings in test-artifacts/.
 e2e: deps images os-image
-	$(BIN)/pytest -p no:cacheprovider tests/lab
+	$(BIN)/pytest -p no:cacheprovider -m deploy tests
 
 # iPXE loaders from Debian's ipxe package into images/ (re-runs offline from images/cache/).
 images: venv discovery-image

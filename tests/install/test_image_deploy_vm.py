@@ -37,7 +37,7 @@ from .conftest import IMAGES, ROOT
 
 __all__ = ["lan"]
 
-pytestmark = [pytest.mark.netns, pytest.mark.vm, pytest.mark.slow]
+pytestmark = [pytest.mark.netns, pytest.mark.vm, pytest.mark.slow, pytest.mark.deploy]
 
 SERVER = "10.79.0.1"
 SUBNET = "10.79.0.0/24"

@@ -31,7 +31,7 @@ from tests.netns import require, wait_for
 from ztpd.lifecycle import State
 from ztpd.model import Event
 
-pytestmark = [pytest.mark.netns, pytest.mark.vm, pytest.mark.slow]
+pytestmark = [pytest.mark.netns, pytest.mark.vm, pytest.mark.slow, pytest.mark.deploy]
 
 MATCH_DEADLINE = 300.0  # ~60 s for one idle BIOS VM under TCG; others' tests share the cores
 DEPLOY_DEADLINE = 1500.0  # the image write is ~1 MB/s under TCG on a loaded 2-core host
