@@ -163,16 +163,20 @@ class Appliance:
         )
         add_api_routes(self.http_app, self.api)  # /api/v1, /metrics, the live event hub
         add_web_routes(self.http_app, self.api)  # the status page
+        # One install backend for the answer-file routes and the agent's image deploy.
+        install_backend = StoreInstallBackend(
+            self.lifecycle, Tokens(store), catalog_os(self.catalog), config.install.token_ttl
+        )
         self.agent = AgentService(
             store,
             self.lifecycle,
             silence=config.lifecycle.agent_silence,
             on_heartbeat=self.metrics.heartbeats.inc,
             deploy=ImageDeploy(
-                StoreInstallBackend(self.lifecycle, Tokens(store), catalog_os(self.catalog)),
+                install_backend,
                 config.images_dir,
                 config.http.base_url,
-                config.boot.token_ttl,
+                config.install.token_ttl,
             ),
         )
         add_agent_routes(
@@ -186,9 +190,6 @@ class Appliance:
         add_boot_routes(self.http_app, boot, config.images_dir)  # /boot.ipxe, /ipxe, /files
         self.install_renderer = Renderer(
             config.templates_dir, Mirrors(config.install.mirrors, config.install.proxy)
-        )
-        install_backend = StoreInstallBackend(
-            self.lifecycle, Tokens(store), catalog_os(self.catalog), config.install.token_ttl
         )
         add_install_routes(
             self.http_app, Install(config.http.base_url, self.install_renderer, install_backend)
