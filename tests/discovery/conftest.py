@@ -29,10 +29,10 @@ CHECKOUT_CACHE = Path(__file__).resolve().parents[2] / "images" / "cache" / disc
 TIMEOUTS = {"inspecting": 600.0, "deploying": 600.0, "configuring": 600.0}
 
 
-@pytest.fixture(scope="session")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The discovery image built like `make discovery-image` does; the .debs are cached in the
-    checkout (images/cache/discovery) so later runs are offline."""
+def build_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The discovery image with this checkout's init and agent, built like `make
+    discovery-image` does; the .debs are cached in the checkout (images/cache/discovery) so
+    later runs are offline."""
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
         pytest.skip("needs apt-get and dpkg (Debian) to build the discovery image")
     images = tmp_path_factory.mktemp("images")
@@ -41,6 +41,11 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (images / "cache" / discovery.SUBDIR).symlink_to(CHECKOUT_CACHE)
     discovery.build(images)
     return images / discovery.SUBDIR
+
+
+@pytest.fixture(scope="session")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_image(tmp_path_factory)
 
 
 @dataclass

@@ -26,9 +26,9 @@ import pytest
 import yaml
 
 from tests.boot.test_vm import router_advertisements
-from tests.discovery.conftest import CHECKOUT_CACHE
+from tests.discovery.conftest import build_image
 from tests.netns import Lan, Netns, lan, require, wait_for
-from ztpd.images import discovery, osimage
+from ztpd.images import osimage
 from ztpd.lab.vm import OVMF_CODE, OVMF_VARS, QEMU, Shape, VmFiles, VmSpec, qemu_argv
 from ztpd.model import Node
 from ztpd.store import Nodes, Store
@@ -80,15 +80,7 @@ MACHINES: dict[str, tuple[str, str, dict[str, Any], int]] = {
 
 @pytest.fixture(scope="module")
 def discovery_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The discovery image with this checkout's agent (the .debs cached in the checkout)."""
-    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
-        pytest.skip("needs apt-get and dpkg (Debian) to build the discovery image")
-    images = tmp_path_factory.mktemp("images")
-    CHECKOUT_CACHE.mkdir(parents=True, exist_ok=True)
-    (images / "cache").mkdir()
-    (images / "cache" / discovery.SUBDIR).symlink_to(CHECKOUT_CACHE)
-    discovery.build(images)
-    return images / discovery.SUBDIR
+    return build_image(tmp_path_factory)
 
 
 def register(images: Path, image: osimage.OsImage) -> None:
