@@ -406,10 +406,13 @@ def test_a_wrong_sha256_wipes_what_was_written_and_does_not_reboot(site: Site) -
         assert f.read(1 << 20) == bytes(1 << 20)
 
 
-def test_images_that_cannot_fit_are_refused_before_anything_is_written(site: Site) -> None:
+def test_images_that_cannot_fit_are_refused_before_anything_is_written(
+    site: Site, image: osimage.OsImage
+) -> None:
     small, nowhere = machine(site, "ZTIMG0003", 3), machine(site, "ZTIMG0004", 4)
+    need = image.file(".raw").size
     why = [
-        (small, "536870912 bytes is less than min_size 929038336"),
+        (small, f"536870912 bytes is less than min_size {need}"),
         (nowhere, "serial is 'ZTIMG0004-D0', not 'NO-SUCH-DISK'"),
     ]
     try:
@@ -418,7 +421,7 @@ def test_images_that_cannot_fit_are_refused_before_anything_is_written(site: Sit
         for vm, reason in why:
             node = wait_state(site, vm, {"failed"}, REFUSED_DEADLINE)
             assert node.reason is not None and node.failed_from == "deploying"
-            assert node.reason.startswith("image deploy: image debian-12 needs 929038336 bytes")
+            assert node.reason.startswith(f"image deploy: image debian-12 needs {need} bytes")
             assert reason in node.reason, node.reason
             assert boot_scripts(site, node.id) == ["discovery.ipxe.j2", "install/image.ipxe.j2"]
     finally:
