@@ -70,14 +70,16 @@ def run(
     cwd: Path | None = None,
     timeout: float = 600,
     env: dict[str, str] | None = None,
+    input: str | None = None,
 ) -> str:
-    """Run a build tool (``env`` adds to the environment); its failure becomes a ZtpdError
-    naming ``what``, the command and the end of what the tool said."""
+    """Run a build tool (``env`` adds to the environment, ``input`` is its stdin); its failure
+    becomes a ZtpdError naming ``what``, the command and the end of what the tool said."""
     log.debug("%s run argv=%s", what, " ".join(argv))
     try:
         done = subprocess.run(
             argv,
             cwd=cwd,
+            input=input,
             capture_output=True,
             text=True,
             check=False,

@@ -527,16 +527,8 @@ def _disk(work: Path, name: str, esp: Path, rootfs: Path, core: bytes) -> Path:
         f"start={root_start * MIB // 512}, size={root_mib * MIB // 512}, type={LINUX}, "
         'name="root"\n'
     )
-    done = subprocess.run(
-        ["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(disk)],
-        input=layout,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    if done.returncode != 0:
-        raise ZtpdError(f"images: sfdisk failed: {done.stderr.strip()[-500:]}")
+    sfdisk = ["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(disk)]
+    run(sfdisk, input=layout, timeout=60)
     for part, start in ((esp, esp_start), (rootfs, root_start)):
         run(
             [

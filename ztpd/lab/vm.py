@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ztpd.errors import ZtpdError
+from ztpd.images import run
 
 Firmware = Literal["bios", "uefi"]
 FIRMWARE_CHOICES = ("bios", "uefi", "mixed")
@@ -227,15 +228,11 @@ def prepare(spec: VmSpec, files: VmFiles) -> None:
     files.dir.mkdir(parents=True, exist_ok=True)
     for n, size in enumerate(spec.shape.disks_gb):
         if not files.disk(n).exists():
-            done = subprocess.run(
+            run(
                 ["qemu-img", "create", "-q", "-f", "qcow2", str(files.disk(n)), f"{size}G"],
-                check=False,
-                capture_output=True,
-                text=True,
+                what="lab",
                 timeout=60,
             )
-            if done.returncode != 0:
-                raise ZtpdError(f"lab: qemu-img create {files.disk(n)}: {done.stderr.strip()}")
     if spec.firmware == "uefi" and not files.vars.exists():
         shutil.copyfile(OVMF_VARS, files.vars)
 
