@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from ztpd.errors import BadRequest, Conflict, NotFound
+from ztpd.http.agent import AgentService
 from ztpd.identity import Identity
 from ztpd.install.backend import StoreInstallBackend
 from ztpd.install.deploy import ImageDeploy, ImageSource, find_image, write_image_action
@@ -129,7 +130,7 @@ def test_no_inventory_is_no_disk() -> None:
 
 
 class Site:
-    def __init__(self, tmp: Path, os_: Os) -> None:
+    def __init__(self, tmp: Path, os_: Os, *, deploying: bool = True) -> None:
         self.store = Store(tmp / "ztpd.db")
         self.lifecycle = Lifecycle(
             self.store, {"inspecting": 60, "deploying": 60, "configuring": 60}
@@ -149,7 +150,8 @@ class Site:
         for trigger in (Trigger.INSPECT, Trigger.INSPECTED):
             self.lifecycle.fire(node.id, trigger, cause="test")
         self.lifecycle.fire(node.id, Trigger.MATCH, cause="test", profile="p")
-        self.lifecycle.fire(node.id, Trigger.DEPLOY, cause="test")
+        if deploying:
+            self.lifecycle.fire(node.id, Trigger.DEPLOY, cause="test")
 
     def events(self, kind: str) -> list[dict[str, Any]]:
         rows = self.store.query(
@@ -228,5 +230,39 @@ def test_refusals_fail_the_node_and_tell_the_agent_to_wait(
         assert node.state == "failed" and node.reason is not None
         assert node.reason.startswith(why), node.reason
         assert site.store.query("SELECT 1 FROM tokens WHERE purpose = 'install'") == []
+    finally:
+        site.store.close()
+
+
+@pytest.mark.parametrize(
+    ("os_", "state", "action"),
+    [
+        (image_os(), "deploying", "write-image"),
+        (Os(method="preseed", release="debian-12"), "matched", "reboot"),
+    ],
+)
+def test_fast_track_a_polling_agent_of_a_matched_node_writes_without_a_reboot(
+    tmp_path: Path, os_: Os, state: str, action: str
+) -> None:
+    manifest(tmp_path / "images", "deb", {"deb.raw": 4096, "deb.raw.zst": 100})
+    site = Site(tmp_path, os_, deploying=False)
+    agent = AgentService(site.store, site.lifecycle, silence=60, deploy=site.deploy)
+    try:
+        got = agent.next_action(site.node_id)
+        node = site.nodes.get(site.node_id)
+        assert (got["action"], node.state) == (action, state)
+        if state == "deploying":
+            # As after the deploy-mode boot: the transition (here from the agent), the deadline,
+            # the seed's install token, the write-image event; and only once per stay.
+            [moved] = site.store.query(
+                "SELECT cause, detail FROM events WHERE node_id = ? AND to_state = 'deploying'",
+                (site.node_id,),
+            )
+            assert (moved["cause"], json.loads(moved["detail"])) == ("agent", {"fast_track": True})
+            assert node.deadline == node.state_since + 60
+            token = got["seed_url"].rstrip("/").rsplit("/", 1)[1]
+            assert Tokens(site.store).verify(token, "install", node_id=site.node_id)
+            assert [e["cause"] for e in site.events("install")] == ["write-image"]
+            assert agent.next_action(site.node_id)["action"] == "wait"
     finally:
         site.store.close()

@@ -9,9 +9,11 @@ which node is speaking.
     POST /agent/v1/log         a chunk of the agent's console log (text/plain, X-Log-Offset)
     POST /agent/v1/heartbeat   {"boot", "stage"}; keeps an inspecting node's silence deadline off
     GET  /agent/v1/next        {"action": wait|reboot|poweroff|write-image, "interval": seconds}
-                               a matched node's agent is told to reboot (its PXE boot then
-                               serves the install); a deploying one gets write-image with
-                               what to write where (ztpd/install/deploy.py)
+                               a matched node with an image profile becomes deploying and its
+                               agent gets write-image with what to write where (fast track,
+                               ztpd/install/deploy.py), as does a deploying one's; a matched
+                               node of an installer profile is told to reboot (its PXE boot
+                               then serves the install)
     POST /agent/v1/deploy      {"status": progress|written|failed, ...}: the image write's
                                progress and outcome (ztpd/install/deploy.py); 409 unless deploying
     POST /agent/v1/wipe        {"status": wiped|failed, "message", "disks"}: a retiring node's
@@ -68,6 +70,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 class DeployHook(Protocol):
     """Image deploy's agent side (``ztpd.install.deploy.ImageDeploy``)."""
+
+    def start(self, node: Node) -> Node | None: ...
 
     def action(self, node: Node) -> dict[str, Any]: ...
 
@@ -274,8 +278,9 @@ class AgentService:
 
     def next_action(self, node_id: int) -> dict[str, Any]:
         """The action ordered for the agent (delivered once), else what the node's state asks
-        for: poweroff when retired, reboot when matched (to PXE boot its install), the image
-        write when deploying, the disk wipe when retiring; else wait."""
+        for: poweroff when retired, the image write when deploying or when matched with an image
+        profile (fast track: no reboot), reboot when matched otherwise (to PXE boot its
+        installer), the disk wipe when retiring; else wait."""
         with self.store.transaction() as conn:
             row = self.store.query_one("SELECT action FROM agents WHERE node_id = ?", (node_id,))
             action = row["action"] if row and row["action"] else None
@@ -285,6 +290,8 @@ class AgentService:
         if action is not None:
             return {"action": action, **interval}
         node = self.nodes.get(node_id)
+        if node.state == State.MATCHED and self.deploy is not None:
+            node = self.deploy.start(node) or node
         if node.state == State.DEPLOYING and self.deploy is not None:
             return {**self.deploy.action(node), **interval}
         if node.state == State.RETIRING:

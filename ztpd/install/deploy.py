@@ -1,9 +1,18 @@
 """Image deploy through the discovery agent (``os.method: image``).
 
-A matched node's PXE boot gets ``install/image.ipxe.j2``: the discovery kernel and initrd with
-``ztpd.mode=deploy`` and an agent token; the node is now ``deploying``. The agent skips the
-inventory and polls ``GET /agent/v1/next``; the first poll of this stay in ``deploying`` gets
-(once: a lost answer ends in the ``deploying`` timeout, never in a second write)::
+Two ways in, one protocol after:
+
+- fast track: the agent of the discovery boot is still polling ``GET /agent/v1/next`` when the
+  node becomes ``matched`` with an image profile; that poll moves the node to ``deploying``
+  (``start``: the transition's cause is ``agent``) and gets ``write-image`` at once, with no
+  reboot and no second PXE boot;
+- deploy mode: a matched node that PXE boots (power cycled, reprovisioned, its agent gone with a
+  restart) gets ``install/image.ipxe.j2``: the discovery kernel and initrd with
+  ``ztpd.mode=deploy`` and an agent token; the node is now ``deploying``. The agent skips the
+  inventory and polls ``GET /agent/v1/next``.
+
+The first poll of a stay in ``deploying`` gets (once: a lost answer ends in the ``deploying``
+timeout, never in a second write)::
 
     {"action": "write-image", "image": "debian-12", "url": "<base>/files/os/debian-12/...",
      "format": "raw.zst", "sha256": "<of the file served>", "size": <bytes served>,
@@ -35,18 +44,19 @@ for its size (the bytes the disk needs). qcow2 is not supported: convert it to r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ztpd.errors import BadRequest, Conflict, NotFound
+from ztpd.errors import BadRequest, Conflict, IllegalTransition, NotFound
 from ztpd.images import osimage
 from ztpd.install.backend import PURPOSE, StoreInstallBackend
 from ztpd.install.rootdisk import choose
 from ztpd.inventory.schema import Inventory
-from ztpd.lifecycle import State
+from ztpd.lifecycle import State, Trigger
 from ztpd.model import Node
 from ztpd.profiles.model import RootDisk
 
@@ -141,6 +151,24 @@ class ImageDeploy:
         self.images_dir = images_dir
         self.base_url = base_url.rstrip("/")
         self.token_ttl = token_ttl
+
+    def start(self, node: Node) -> Node | None:
+        """Fast track: a matched node whose profile writes an image moves to deploying now, for
+        the agent that asked; the node as it is then (another request may have moved it
+        first). None when the profile deploys no image (the agent reboots into its installer)."""
+        os_ = self.backend.os_for(node)
+        if os_ is None or os_.method != "image":
+            return None
+        with contextlib.suppress(IllegalTransition):
+            self.backend.lifecycle.fire(
+                node.id,
+                Trigger.DEPLOY,
+                cause="agent",
+                detail={"fast_track": True},
+                expect=State.MATCHED,
+            )
+            log.info("image deploy fast track node=%s profile=%s", node.id, node.profile)
+        return self.backend.nodes.get(node.id)
 
     def action(self, node: Node) -> dict[str, Any]:
         """What a deploying node's agent does next: write-image once per stay, else wait."""
