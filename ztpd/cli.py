@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from ztpd import __version__, config, images, log, profiles
 from ztpd.app import Appliance, check, make_lifecycle, open_store
 from ztpd.errors import ConfigError, StoreError, ZtpdError
-from ztpd.images import discovery, installers
+from ztpd.images import discovery, importer, installers
 from ztpd.lab import Lab, Settings
 from ztpd.lab import forward as lab_forward
 from ztpd.lifecycle import Trigger, retire_trigger
@@ -170,7 +170,14 @@ def cmd_check(ctx: Ctx, args: argparse.Namespace) -> int:
 
 
 def cmd_images(ctx: Ctx, args: argparse.Namespace) -> int:
-    if args.images_cmd == "build":
+    if args.images_cmd == "import":
+        if args.file is None or not args.name:
+            ctx.err.write("ztpd images import: needs FILE and --name NAME\n")
+            return EXIT_USAGE
+        built = importer.import_image(
+            ctx.config.images_dir, args.file, args.name, replace=args.replace
+        ).to_dict()
+    elif args.images_cmd == "build":
         built = discovery.build(
             ctx.config.images_dir, refresh=args.refresh, firmware=args.firmware
         ).to_dict()
@@ -368,15 +375,24 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "images",
         parents=[common],
-        help="fetch the boot loaders, build the discovery image",
+        help="fetch the boot loaders, build the discovery image, import OS images",
         description="fetch: take the iPXE loaders (undionly.kpxe, ipxe.efi, snponly.efi) from "
         "Debian's ipxe package (apt-get download + dpkg -x), record their sha256 in "
         "images_dir/manifest.json; and the installers Debian packages carry (the netboot "
         "installer into images_dir/installers/debian-12/). build: assemble the discovery "
         "kernel and initrd from Debian packages (images_dir/discovery/). Both re-run offline "
-        "from their cached packages.",
+        "from their cached packages. import FILE --name NAME: register a disk image (raw, "
+        "raw.gz, raw.zst or qcow2) for os.method image as images_dir/os/NAME/ (raw, raw.zst, "
+        "manifest.json); importing the same file again changes nothing.",
     )
-    s.add_argument("images_cmd", choices=["fetch", "build"], metavar="fetch|build")
+    s.add_argument("images_cmd", choices=["fetch", "build", "import"], metavar="fetch|build|import")
+    s.add_argument("file", nargs="?", type=Path, metavar="FILE", help="import: the image file")
+    s.add_argument("--name", help="import: the image's name (what profiles put in os.image)")
+    s.add_argument(
+        "--replace",
+        action="store_true",
+        help="import: overwrite an image registered under NAME with other content",
+    )
     s.add_argument("--refresh", action="store_true", help="download the package again")
     s.add_argument(
         "--firmware",

@@ -567,6 +567,13 @@ def cached(images_dir: Path, name: str) -> OsImage | None:
     return image
 
 
+def write_manifest(out: Path, image: OsImage) -> None:
+    """``out/manifest.json`` for ``image``, replaced in one step: what registers it."""
+    part = out / f".{MANIFEST}.part"
+    part.write_text(json.dumps(image.to_dict(), indent=2, sort_keys=True) + "\n")
+    os.replace(part, out / MANIFEST)
+
+
 def build(
     images_dir: Path,
     name: str,
@@ -639,9 +646,7 @@ def build(
             os.replace(path, dest)
             files.append(ImageFile(dest.name, sha256(dest), dest.stat().st_size))
         image = OsImage(name, fingerprint, mirror, recipe.suite, root_uuid, tuple(files))
-        part = out / f".{MANIFEST}.part"
-        part.write_text(json.dumps(image.to_dict(), indent=2, sort_keys=True) + "\n")
-        os.replace(part, out / MANIFEST)
+        write_manifest(out, image)
     finally:
         _unmount_below(work)
         shutil.rmtree(work, ignore_errors=True)

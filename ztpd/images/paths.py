@@ -9,11 +9,15 @@ own error (TFTP error code, HTTP status).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
 # Longer than any loader or per-client name ztpd hands out; PXE's DHCP file field holds 128.
 MAX_NAME = 255
+# A name ztpd makes a directory and file names of (an imported image): no separator, no
+# leading dot (ztpd's own work directories), nothing a URL or a shell would need quoted.
+COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
 FORBIDDEN: Literal["forbidden"] = "forbidden"
 MISSING: Literal["missing"] = "missing"
@@ -62,3 +66,15 @@ def locate(root: Path, name: str) -> Path | None:
     if not real.is_file():
         raise Refused(MISSING if not real.exists() else FORBIDDEN, "not a regular file")
     return path
+
+
+def component_problem(name: str, reserved: frozenset[str] = frozenset()) -> str | None:
+    """Why ``name`` cannot be one path component ztpd creates (None: it can)."""
+    if not COMPONENT.fullmatch(name):
+        return (
+            f"{name!r} is not a safe name: 1 to 64 of A-Z a-z 0-9 . _ + -, "
+            "starting with a letter or digit"
+        )
+    if name in reserved:
+        return f"{name!r} is reserved"
+    return None

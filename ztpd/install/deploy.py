@@ -39,7 +39,8 @@ events (each tenth of the way, and the end).
 Images are registered by their manifest, ``<images>/os/<name>/manifest.json`` (what
 ``ztpd.images.osimage`` writes: sha256 and size per file). Of the files it lists, the agent gets
 ``<name>.raw.zst``, else ``<name>.raw.gz``, else ``<name>.raw``; ``<name>.raw`` must be listed
-for its size (the bytes the disk needs). qcow2 is not supported: convert it to raw first.
+for its size (the bytes the disk needs). ``ztpd images import`` (``ztpd.images.importer``)
+registers raw, raw.gz, raw.zst and qcow2 files the same way, as raw and raw.zst.
 """
 
 from __future__ import annotations
