@@ -74,10 +74,16 @@ def test_image_manifest_size_and_tools_run(image: Path) -> None:
         ["/usr/bin/ipmitool", "-V"],
         ["/usr/bin/tcpdump", "--version"],
         ["/bin/sh", "-n", "/bin/ztpd-agent"],
+        # The image writer's: coreutils' dd (conv=sparse), not busybox's; util-linux's fallocate.
+        ["/bin/dd", "--version"],
+        ["/usr/bin/fallocate", "--version"],
     ]
     for argv in tools:
         done = subprocess.run(["chroot", str(root), *argv], capture_output=True, timeout=30)
         assert done.returncode == 0, (argv, done.stderr)
+    assert b"coreutils" in subprocess.run(
+        ["chroot", str(root), "/bin/dd", "--version"], capture_output=True, check=True
+    ).stdout
     assert (root / "lib/modules" / manifest["kernel"]["version"] / "modules.alias").is_file()
 
 

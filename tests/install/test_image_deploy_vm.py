@@ -1,9 +1,16 @@
-"""End to end, image deploy: QEMU VMs (UEFI, TCG) with empty disks PXE boot from a real
-``ztpd serve`` (full DHCP, TFTP, HTTP) on a LAN of network namespaces. The discovery agent
-inspects the machine, the profile (``os.method: image``) matches, the agent reboots it into the
-image writer, which streams the Debian image onto the disk ztpd chose and writes the node's
-cloud-init seed; the machine boots its disk and cloud-init calls back: ``deployed``. A power
-cycle then boots the disk again (the local script). The disk is checked from the host after.
+"""End to end, image deploy: QEMU VMs (UEFI, TCG) PXE boot from a real ``ztpd serve`` (full
+DHCP, TFTP, HTTP) on a LAN of network namespaces.
+
+- Fast track: the discovery agent inspects the machine, the profile (``os.method: image``)
+  matches, and the same agent, still polling, gets write-image: it streams the Debian image onto
+  the disk ztpd chose (zeroing the image's range, then skipping its zero blocks) and writes the
+  node's cloud-init seed; the machine boots its disk and cloud-init calls back: ``deployed``. A
+  power cycle then boots the disk again (the local script); ``retire --wipe metadata`` runs
+  through the agent and ends ``retired``. The disk is checked from the host.
+- Deploy mode: a node that is already matched when it PXE boots (as after a power cycle or a
+  restart of ztpd) gets the image writer's boot script; its disk, full of old bytes, then holds
+  the image byte for byte in the image's range (the root filesystem differs only by the seed)
+  and still the old bytes after it.
 
 Bad input: an image whose registered sha256 is wrong (the agent wipes what it wrote and stays
 up; ``failed``), a disk smaller than the image and a profile whose hints fit no disk (refused
@@ -28,12 +35,15 @@ import yaml
 from tests.boot.test_vm import router_advertisements
 from tests.discovery.conftest import build_image
 from tests.netns import Lan, Netns, lan, require, wait_for
+from ztpd.identity import Identity
 from ztpd.images import osimage
+from ztpd.inventory.schema import Inventory
 from ztpd.lab.vm import OVMF_CODE, OVMF_VARS, QEMU, Shape, VmFiles, VmSpec, qemu_argv
+from ztpd.lifecycle import Lifecycle, Trigger
 from ztpd.model import Node
 from ztpd.store import Nodes, Store
 
-from .conftest import IMAGES, ROOT
+from .conftest import IMAGES, ROOT, inventory
 
 __all__ = ["lan"]
 
@@ -75,7 +85,9 @@ MACHINES: dict[str, tuple[str, str, dict[str, Any], int]] = {
     "ZTIMG0002": ("img-bad-sha", BAD, {"serial": "ZTIMG0002-D0"}, 2048),
     "ZTIMG0003": ("img-small-disk", "debian-12", {"serial": "ZTIMG0003-D0"}, 512),
     "ZTIMG0004": ("img-no-disk", "debian-12", {"serial": "NO-SUCH-DISK"}, 2048),
+    "ZTIMG0005": ("img-deploy-mode", "debian-12", {"serial": "ZTIMG0005-D0"}, 1024),
 }
+OLD = 0x5A  # what the deploy-mode machine's disk is full of before the write
 
 
 @pytest.fixture(scope="module")
@@ -235,11 +247,11 @@ def machine(site: Site, serial: str, index: int) -> Vm:
     return Vm(spec, files)
 
 
-def power_on(site: Site, vm: Vm) -> None:
+def power_on(site: Site, vm: Vm, *extra: str) -> None:
     assert site.lan.switch is not None
     with vm.files.qemu_log.open("ab") as out:
         vm.proc = site.lan.switch.popen(
-            qemu_argv(vm.spec, vm.files, "tcg"), stdout=out, stderr=subprocess.STDOUT
+            [*qemu_argv(vm.spec, vm.files, "tcg"), *extra], stdout=out, stderr=subprocess.STDOUT
         )
 
 
@@ -301,6 +313,15 @@ def boot_scripts(site: Site, node_id: int) -> list[str]:
     return [e["served"] for e in site.events(node_id, "boot") if e.get("asked") == "/ipxe"]
 
 
+def to_deploying(site: Site, node_id: int) -> list[str]:
+    rows = site.store.query(
+        "SELECT cause FROM events WHERE node_id = ? AND kind = 'transition' "
+        "AND to_state = 'deploying' ORDER BY id",
+        (node_id,),
+    )
+    return [r["cause"] for r in rows]
+
+
 def test_image_deploy_end_to_end(site: Site) -> None:
     vm = machine(site, "ZTIMG0001", 1)
     started = time.monotonic()
@@ -315,17 +336,18 @@ def test_image_deploy_end_to_end(site: Site) -> None:
         assert node.facts["image_deploy"]["disk"] == "/dev/vda"
         assert node.facts["install_progress"]["stage"] == "written"
 
-        # What was served, in order: discovery, the image writer, then the disk (local; once per
-        # network boot entry OVMF tries before the disk: PXEv4, HTTPv4).
+        # What was served, in order: discovery (whose agent wrote the image: the fast track),
+        # then the disk (local; once per network boot entry OVMF tries before the disk).
         served = boot_scripts(site, node.id)
-        assert served[:2] == ["discovery.ipxe.j2", "install/image.ipxe.j2"], served
-        assert set(served[2:]) == {"local.ipxe.j2"}, served
+        assert served[:1] == ["discovery.ipxe.j2"], served
+        assert set(served[1:]) == {"local.ipxe.j2"}, served
+        assert to_deploying(site, node.id) == ["agent"]
         install = site.events(node.id, "install")
         progress = [e for e in install if e["cause"] == "progress"]
         assert any(0 < (e.get("percent") or 0) < 100 and e.get("rate") for e in progress)
         assert progress[-1]["stage"] == "written"
         log = agent_log(site, node.id)
-        assert "mode=deploy" in log and "seed written" in log, log
+        assert "mode=discover" in log and "zeroed /dev/vda" in log and "seed written" in log, log
         assert "/install/" not in log and "/install/" not in site.log()
 
         # A power cycle boots the disk again: the local script, and the node stays deployed.
@@ -387,6 +409,109 @@ def test_image_deploy_end_to_end(site: Site) -> None:
         assert f.read() == bytes(1 << 20)
 
 
+def matched_node(site: Site, vm: Vm) -> int:
+    """The machine as ztpd knows it after an inspection and a match whose agent is gone (power
+    cycled, or ztpd restarted): matched to its profile, with its inventory."""
+    mac, serial = vm.spec.macs[0], vm.spec.serial
+    doc = inventory("qemu-vm").model_dump(mode="json", exclude_none=True)
+    doc["disks"][0].update(serial=f"{serial}-D0", size_bytes=MACHINES[serial][3] << 20)
+    doc["interfaces"][0]["mac"] = doc["boot"]["pxe_interface"] = mac
+    doc["system"].update(serial=serial, uuid=vm.spec.uuid)
+    data = Inventory.model_validate(doc).model_dump_json(exclude_none=True)
+    lifecycle = Lifecycle(site.store, {"inspecting": 600, "deploying": 600, "configuring": 600})
+    node = Nodes(site.store).observe(Identity.of([mac], vm.spec.uuid, serial), cause="test")
+    with site.store.transaction() as conn:
+        conn.execute(
+            "INSERT INTO inventories (node_id, version, ts, source, data) "
+            "VALUES (?, 1, 0, 'agent', ?)",
+            (node.id, data),
+        )
+    lifecycle.fire(node.id, Trigger.INSPECT, cause="test")
+    lifecycle.fire(node.id, Trigger.INSPECTED, cause="test")
+    # ztpd's matcher may take the inspected node first: same profile, by the serial.
+    wait_for(lambda: Nodes(site.store).get(node.id).state == "matched", "the match", timeout=30)
+    return node.id
+
+
+def differing_blocks(disk: Path, image: Path, length: int, block: int = 4096) -> list[int]:
+    """Offsets of the ``block``-sized blocks in [0, length) where the two files differ."""
+    differ = []
+    with disk.open("rb") as a, image.open("rb") as b:
+        for chunk in range(0, length, 1 << 20):
+            x, y = a.read(1 << 20), b.read(1 << 20)
+            if x != y:
+                differ += [
+                    chunk + i
+                    for i in range(0, len(y), block)
+                    if x[i : i + block] != y[i : i + block]
+                ]
+    return differ
+
+
+def test_deploy_mode_writes_the_image_byte_for_byte_over_old_bytes(site: Site) -> None:
+    vm = machine(site, "ZTIMG0005", 5)
+    size = MACHINES["ZTIMG0005"][3] << 20
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", f"write -q -P {OLD:#x} 0 {size}", str(vm.files.disk(0))],
+        check=True,
+        timeout=120,
+    )
+    node_id = matched_node(site, vm)
+    started = time.monotonic()
+
+    # The agent's reboot into the written disk ends QEMU (-no-reboot), so the disk is as the
+    # agent left it. OVMF may reset once on a machine's first boot: that ends QEMU too, before
+    # anything was written, and the machine is powered on again.
+    def written() -> bool:
+        node = Nodes(site.store).get(node_id)
+        if vm.proc is None or vm.proc.poll() is None:
+            return False
+        if node.facts.get("install_progress", {}).get("stage") == "written":
+            return True
+        assert node.state == "matched", (node.state, node.reason, vm.console())
+        power_on(site, vm, "-no-reboot")
+        return False
+
+    power_on(site, vm, "-no-reboot")
+    try:
+        wait_for(written, "the image written and the agent's reboot", timeout=DEADLINE / 2, step=2)
+    finally:
+        power_off(site, vm)
+    node = Nodes(site.store).get(node_id)
+    assert node.state == "deploying", (node.state, node.reason, vm.console())
+    print(f"power-on to written: {time.monotonic() - started:.0f}s")
+    assert boot_scripts(site, node_id) == ["install/image.ipxe.j2"]
+    assert to_deploying(site, node_id) == ["boot"]
+    log = agent_log(site, node_id)
+    assert "mode=deploy" in log and "zeroed /dev/vda" in log and "seed written" in log, log
+
+    # From the host: the image's range holds the image; only the root filesystem (the last
+    # partition, where the seed went) differs, in a few blocks; after it the old bytes remain.
+    name = MACHINES["ZTIMG0005"][1]
+    raw_image = site.dir / "images" / osimage.OS_DIR / name / f"{name}.raw"  # as registered
+    length = raw_image.stat().st_size
+    raw = raw_copy(vm)
+    table = json.loads(
+        subprocess.run(
+            ["sfdisk", "-J", str(raw_image)], capture_output=True, text=True, check=True
+        ).stdout
+    )["partitiontable"]
+    root = table["partitions"][-1]
+    root_start = root["start"] * table.get("sectorsize", 512)
+    differ = differing_blocks(raw, raw_image, length)
+    assert all(root_start <= at < length for at in differ), differ[:10]
+    assert len(differ) < 256, len(differ)  # the seed's files, inodes, bitmaps, journal: < 1 MiB
+    with raw.open("rb") as f:
+        for at in differ:
+            f.seek(at)
+            assert f.read(4096) != bytes([OLD]) * 4096, at  # zeroed or written, never left old
+        f.seek(length)
+        rest = f.read(size - length)
+    assert rest == bytes([OLD]) * (size - length)  # only the image's range was zeroed
+    seed = "/var/lib/cloud/seed/nocloud"
+    assert "local-hostname: img-525400790005" in debugfs_cat(raw, root_start, f"{seed}/meta-data")
+
+
 def test_a_wrong_sha256_wipes_what_was_written_and_does_not_reboot(site: Site) -> None:
     vm = machine(site, "ZTIMG0002", 2)
     power_on(site, vm)
@@ -396,7 +521,7 @@ def test_a_wrong_sha256_wipes_what_was_written_and_does_not_reboot(site: Site) -
         assert node.reason.startswith("image write failed: sha256 mismatch"), node.reason
         # The agent stays up and says so; the machine was not rebooted into a bad disk.
         wait_for(lambda: "write-image failed" in agent_log(site, node.id), "the agent log", 60)
-        assert boot_scripts(site, node.id) == ["discovery.ipxe.j2", "install/image.ipxe.j2"]
+        assert boot_scripts(site, node.id) == ["discovery.ipxe.j2"]
         assert vm.proc is not None and vm.proc.poll() is None
     finally:
         power_off(site, vm)
@@ -423,7 +548,7 @@ def test_images_that_cannot_fit_are_refused_before_anything_is_written(
             assert node.reason is not None and node.failed_from == "deploying"
             assert node.reason.startswith(f"image deploy: image debian-12 needs {need} bytes")
             assert reason in node.reason, node.reason
-            assert boot_scripts(site, node.id) == ["discovery.ipxe.j2", "install/image.ipxe.j2"]
+            assert boot_scripts(site, node.id) == ["discovery.ipxe.j2"]
     finally:
         for vm, _ in why:
             power_off(site, vm)

@@ -6,7 +6,8 @@ discovery/`` (a second run reuses the cached ``.deb`` files and works offline), 
 - the kernel from ``linux-image-amd64``'s current image package, and from its modules only the
   NIC and storage drivers in ``MODULES`` plus their dependencies (from ``modules.dep``);
 - busybox-static (the shell, udhcpc, wget, modprobe ...), and the tools the agent runs
-  (dmidecode, ipmitool, tcpdump for LLDP) with exactly the shared libraries they need, found by
+  (dmidecode, ipmitool, tcpdump for LLDP; zstd, coreutils' dd and util-linux's fallocate for
+  the image write) with exactly the shared libraries they need, found by
   following each ELF file's DT_NEEDED entries through the unpacked packages;
 - ``init``, the agent and the udhcpc hook from ``ztpd/data/discovery/`` (text, in git).
 
@@ -64,11 +65,23 @@ PACKAGES = (
     "liblz4-1",
     "libzstd1",
     "zstd",  # the agent decompresses raw.zst images
+    # The image writer zeroes the image's range in one request (fallocate --zero-range) and
+    # then skips all-zero blocks (dd conv=sparse): busybox has neither.
+    "coreutils",
+    "util-linux",
     "zlib1g",
     "libstdc++6",
     "libgcc-s1",
 )
-TOOLS = ("usr/sbin/dmidecode", "usr/bin/ipmitool", "usr/bin/tcpdump", "usr/bin/zstd")
+# Copied before busybox's applets are linked, so coreutils' dd is the ramdisk's dd.
+TOOLS = (
+    "usr/sbin/dmidecode",
+    "usr/bin/ipmitool",
+    "usr/bin/tcpdump",
+    "usr/bin/zstd",
+    "bin/dd",
+    "usr/bin/fallocate",
+)
 # Drivers for the NICs and storage controllers found in servers, VMs and clouds; the init loads
 # whichever the hardware's modalias asks for. Dependencies are added from modules.dep.
 MODULES = (
