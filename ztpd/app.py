@@ -165,7 +165,11 @@ class Appliance:
         add_web_routes(self.http_app, self.api)  # the status page
         # One install backend for the answer-file routes and the agent's image deploy.
         install_backend = StoreInstallBackend(
-            self.lifecycle, Tokens(store), catalog_os(self.catalog), config.install.token_ttl
+            self.lifecycle,
+            Tokens(store),
+            catalog_os(self.catalog),
+            config.install.token_ttl,
+            config.install.phases,
         )
         self.agent = AgentService(
             store,

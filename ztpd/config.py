@@ -271,7 +271,8 @@ class TimeoutsConfig(Section):
     """How long a node may stay in each in-progress state before it fails."""
 
     inspecting: Seconds = 900
-    deploying: Seconds = 3600
+    # The whole stay, all phases; each phase also has its own limit (install.phases).
+    deploying: Seconds = 3 * 3600
     configuring: Seconds = 3600
     retiring: Seconds = 12 * 3600  # the agent wipes the disks (a full wipe of big disks: hours)
 
@@ -305,6 +306,17 @@ class BootConfig(Section):
     wait_seconds: Annotated[int, Field(ge=5, le=3600)] = 60
 
 
+class InstallPhases(Section):
+    """The phases of ``deploying``, each with its own deadline and reason when it passes. The
+    first (image write or installer) starts when the node enters deploying; the agent's
+    "written" or the installer's "finished" starts the first boot. A progress report moves the
+    deadline of its phase to this long from then; lifecycle.timeouts.deploying caps them all."""
+
+    image_write: Seconds = 1800  # to the agent's first report, and between its reports
+    installer: Seconds = 3600  # to the installer's first report, between reports, to finished
+    first_boot: Seconds = 1800  # from written/finished to the first-boot callback
+
+
 class InstallConfig(Section):
     """What the distribution installers are told (autoinstall, preseed, kickstart)."""
 
@@ -321,6 +333,7 @@ class InstallConfig(Section):
     # How long an install token stays valid after each use (config fetch, progress report),
     # seconds: an installer that keeps reporting keeps it; one silent this long loses it.
     token_ttl: Seconds = 4 * 3600
+    phases: InstallPhases = InstallPhases()
 
 
 class Config(Section):

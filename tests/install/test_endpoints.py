@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from ztpd.config import BootConfig, HttpConfig
+from ztpd.config import BootConfig, HttpConfig, InstallPhases
 from ztpd.http.boot import Boot, BootTemplates, add_boot_routes
 from ztpd.http.boot_store import StoreBootBackend
 from ztpd.http.install import Install, add_install_routes
@@ -32,6 +32,8 @@ from ..boot.conftest import FakeClock, free_tcp_port
 from .conftest import MIRRORS, TEMPLATES, example_os, inventory
 
 HASH = "$6$rounds=4096$saltsalt$Secret.hash.never.in.logs"
+# Short phases, so the tests move the clock past them (the defaults are tens of minutes).
+PHASES = InstallPhases(image_write=120, installer=600, first_boot=300)
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKxI0f1oYH2kq8lJtr7sGvJ3Uyq9eAbtJ8d6mzTd8Y1Q"
 
 
@@ -84,7 +86,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         StoreBootBackend(lifecycle, tokens, method),
     )
     add_boot_routes(app, boot, tmp_path)
-    backend = StoreInstallBackend(lifecycle, tokens, profiles.get)
+    backend = StoreInstallBackend(lifecycle, tokens, profiles.get, phases=PHASES)
     add_install_routes(app, Install(http.base_url, Renderer(TEMPLATES, MIRRORS), backend))
     async with HttpService(http, app), aiohttp.ClientSession() as session:
         yield Env(http.base_url, store, lifecycle, clock, profiles, session)
@@ -316,3 +318,73 @@ def test_catalog_os_follows_the_serving_profiles() -> None:
     k3s = os_of("k3s-server")
     assert k3s is not None and k3s.method == "image"
     assert os_of("hold-unknown") is None and os_of("no-such-profile") is None
+
+
+def deadline(env: Env, node_id: int) -> tuple[float, str | None]:
+    row = env.store.query_one(
+        "SELECT deadline, deadline_reason FROM nodes WHERE id = ?", (node_id,)
+    )
+    assert row is not None and row["deadline"] is not None
+    return float(row["deadline"]), row["deadline_reason"]
+
+
+async def test_installer_progress_moves_its_deadline_and_the_first_boot_has_its_own(
+    env: Env,
+) -> None:
+    node_id = matched_node(env, "52:54:00:00:01:01", "edge", example_os("kubeedge-edge", "preseed"))
+    base = await pxe(env, "52:54:00:00:01:01")
+    started = env.clock.now
+    silent = "installer: no progress report for 600 s"
+    assert deadline(env, node_id) == (started + 600, silent)
+    assert env.node(node_id)["facts"]["deploy_phase"]["name"] == "installer"  # type: ignore[index]
+
+    # Each report moves the deadline to the installer's limit from then, past the first one.
+    for _ in range(3):
+        env.clock.now += 500
+        assert (await env.post(base + "progress", data={"message": "installing"}))[0] == 200
+        assert deadline(env, node_id) == (env.clock.now + 600, silent)
+        assert env.lifecycle.expire_due() == []
+    assert env.clock.now > started + 600 and env.node(node_id)["state"] == "deploying"
+
+    # "finished": the first boot's own deadline, which late reports do not move.
+    assert (await env.post(base + "finished"))[0] == 200
+    finished = env.clock.now
+    no_call = "no first-boot callback within 300 s after the installer finished"
+    assert deadline(env, node_id) == (finished + 300, no_call)
+    env.clock.now += 200
+    assert (await env.post(base + "progress", json={"event_type": "finish", "name": "x"}))[0] == 200
+    assert deadline(env, node_id) == (finished + 300, no_call)
+    env.clock.now = finished + 301
+    assert len(env.lifecycle.expire_due()) == 1
+    node = env.node(node_id)
+    assert (node["state"], node["failed_from"], node["reason"]) == ("failed", "deploying", no_call)
+    transition = env.events(node_id, "transition")[-1]
+    detail = transition["detail"]
+    assert transition["cause"] == "timeout" and isinstance(detail, dict)
+    assert detail["reason"] == no_call
+
+
+async def test_a_silent_installer_fails_when_its_phase_runs_out(env: Env) -> None:
+    node_id = matched_node(env, "52:54:00:00:01:02", "edge", example_os("kubeedge-edge", "preseed"))
+    base = await pxe(env, "52:54:00:00:01:02")
+    assert (await env.get(base + "preseed.cfg"))[0] == 200  # a fetch is not progress
+    env.clock.now += 599
+    assert env.lifecycle.expire_due() == []
+    env.clock.now += 1
+    env.lifecycle.expire_due()
+    node = env.node(node_id)
+    assert (node["state"], node["reason"]) == ("failed", "installer: no progress report for 600 s")
+
+
+async def test_the_deploying_timeout_caps_every_phase(env: Env) -> None:
+    node_id = matched_node(env, "52:54:00:00:01:03", "edge", example_os("kubeedge-edge", "preseed"))
+    base = await pxe(env, "52:54:00:00:01:03")
+    since = env.node(node_id)["state_since"]
+    assert isinstance(since, float)
+    env.clock.now += 3300  # lifecycle.timeouts.deploying is 3600 here
+    assert (await env.post(base + "progress", data={"message": "still going"}))[0] == 200
+    assert deadline(env, node_id) == (since + 3600, None)
+    env.clock.now = since + 3600
+    env.lifecycle.expire_due()
+    node = env.node(node_id)
+    assert (node["state"], node["reason"]) == ("failed", "timed out in deploying")

@@ -68,7 +68,9 @@ class InstallBackend(Protocol):
     def event(self, node_id: int | None, cause: str, detail: dict[str, Any]) -> None: ...
 
     def progress(self, node_id: int, progress: dict[str, Any], event: bool) -> None:
-        """Keep the latest progress on the node; also an event when ``event``."""
+        """Keep the latest progress on the node; also an event when ``event``. Each report moves
+        the deadline of the node's deploying phase; ``stage`` "finished" (or the agent's
+        "written") starts the first-boot phase."""
         ...
 
     def fail(self, node_id: int, cause: str, reason: str, detail: dict[str, Any]) -> None:
@@ -229,9 +231,9 @@ class Install:
             worth = event_type is None or (event_type == "finish" and name.count("/") <= 1)
             self.backend.progress(node.id, progress, worth)
         elif kind == "finished":
-            self.backend.progress(
-                node.id, {"message": "installer finished", "percent": 100, "at": now}, True
-            )
+            # stage "finished" starts the first-boot phase and its deadline (install.phases).
+            done = {"stage": "finished", "message": "installer finished", "percent": 100}
+            self.backend.progress(node.id, {**done, "at": now}, True)
         elif kind == "failed":
             message = body.decode("utf-8", "replace")
             if "json" in content_type or "form" in content_type:
