@@ -21,7 +21,7 @@ from ztpd.errors import ConfigError, StoreError, ZtpdError
 from ztpd.images import discovery, importer, installers
 from ztpd.lab import Lab, Settings
 from ztpd.lab import forward as lab_forward
-from ztpd.lifecycle import Trigger, retire_trigger
+from ztpd.lifecycle import Trigger
 from ztpd.matcher import Matcher
 from ztpd.model import Event, Node
 from ztpd.store import Events, Nodes, Store
@@ -280,13 +280,13 @@ def cmd_node(ctx: Ctx, args: argparse.Namespace) -> int:
     store = ctx.store()
     node = Nodes(store).find(args.node)
     detail: dict[str, Any] = {"by": "cli"}
-    trigger = ACTIONS[args.action]
-    if args.action == "retire":
-        detail["wipe"] = args.wipe
-        trigger = retire_trigger(args.wipe)  # a wipe goes through retiring (the agent wipes)
-    t = make_lifecycle(ctx.config, store).fire(
-        node.id, trigger, cause=args.action, detail=detail, reason=args.reason
-    )
+    lifecycle = make_lifecycle(ctx.config, store)
+    if args.action == "retire":  # --wipe, else the profile's os.wipe.on_retire
+        t = lifecycle.retire(node.id, args.wipe, cause="retire", detail=detail, reason=args.reason)
+    else:
+        t = lifecycle.fire(
+            node.id, ACTIONS[args.action], cause=args.action, detail=detail, reason=args.reason
+        )
     if args.json:
         _json(t.node.to_dict(), ctx.out)
     else:
@@ -476,8 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--wipe",
         choices=["none", "metadata", "full"],
-        default="none",
-        help="with retire: what to erase on the node's disks",
+        help="with retire: what to erase on the node's disks (default: its profile's "
+        "os.wipe.on_retire, none without one)",
     )
     s.set_defaults(func=cmd_node)
 

@@ -95,12 +95,29 @@ TABLE: dict[tuple[State, Trigger], State | str] = {
     **{(s, T.WIPE): S.RETIRING for s in frozenset(State) - {S.RETIRED, S.RETIRING}},
 }
 WIPE_LEVELS = ("metadata", "full")
+# The node's retire policy: {"level", "profile"}, its profile's os.wipe.on_retire as it was when
+# the node was matched or entered deploying (kept by ztpd.install.backend).
+WIPE_FACT = "retire_wipe"
 
 
 def retire_trigger(wipe: str | None) -> Trigger:
     """``retire`` as asked by a person: with a wipe level, through ``retiring`` (the agent wipes
     the disks first); without one (or ``none``), straight to retired."""
     return T.WIPE if wipe in WIPE_LEVELS else T.RETIRE
+
+
+def retire_policy(node: Node, asked: str | None) -> tuple[str, str, str]:
+    """The wipe a retire of ``node`` gets: (level, which policy, why). An explicit level wins;
+    else the node's profile's ``os.wipe.on_retire``; else nothing to wipe."""
+    if asked is not None:
+        return asked, "explicit", f"asked for wipe {asked}"
+    if node.state == S.RETIRING:
+        return "none", "default", "already retiring: retire without a wipe stops waiting for it"
+    kept = node.facts.get(WIPE_FACT)
+    if isinstance(kept, dict) and kept.get("level") in ("none", *WIPE_LEVELS):
+        level, profile = str(kept["level"]), kept.get("profile")
+        return level, "profile", f"profile {profile} has os.wipe.on_retire: {level}"
+    return "none", "default", "no profile installs an OS on this node: nothing of ztpd's to wipe"
 
 
 def allowed(state: str) -> list[str]:
@@ -223,6 +240,23 @@ class Lifecycle:
             except Exception:  # a listener's bug must not undo or hide a committed transition
                 log.exception("transition listener failed node=%s", node_id)
         return result
+
+    def retire(
+        self,
+        node_id: int,
+        wipe: str | None,
+        *,
+        cause: str,
+        detail: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> Transition:
+        """Retire as a person asks it (CLI, API, page): the wipe ``retire_policy`` picks, with
+        the level, the policy and why in the event."""
+        with self.store.transaction():  # the policy of the node as it is when it moves
+            level, policy, why = retire_policy(self.nodes.get(node_id), wipe)
+            detail = {**(detail or {}), "wipe": level, "wipe_policy": policy, "wipe_why": why}
+            trigger = retire_trigger(level)
+            return self.fire(node_id, trigger, cause=cause, detail=detail, reason=reason)
 
     def touch(self, node_id: int, state: str, seconds: float, reason: str) -> bool:
         """Move the deadline of a node in ``state`` to ``seconds`` from now, failing it with

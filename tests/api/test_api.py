@@ -343,7 +343,10 @@ async def test_action_returns_resulting_state(client: Client, env: Env) -> None:
     assert body["to_state"] == "retiring"  # the node's agent wipes its disks, then: retired
     last = env.store.query_one("SELECT detail FROM events WHERE id = ?", (body["event_id"],))
     assert last is not None
-    assert json.loads(last["detail"]) == {"by": "ops", "wipe": "full"}
+    assert json.loads(last["detail"]) == {
+        **{"by": "ops", "wipe": "full", "wipe_policy": "explicit"},
+        "wipe_why": "asked for wipe full",
+    }
 
 
 async def test_illegal_transition_is_409_naming_what_is_allowed(client: Client) -> None:

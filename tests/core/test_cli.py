@@ -97,7 +97,10 @@ def test_actions_follow_the_lifecycle(seeded: Path) -> None:
     r = run(seeded, "node", "retire", "SER-A", "--wipe", "metadata", "--json")
     assert json.loads(r.stdout)["state"] == "retiring"
     events = run(seeded, "events", "--node", "SER-A", "--json").stdout.splitlines()
-    assert json.loads(events[-1])["detail"] == {"by": "cli", "wipe": "metadata"}
+    assert json.loads(events[-1])["detail"] == {
+        **{"by": "cli", "wipe": "metadata", "wipe_policy": "explicit"},
+        "wipe_why": "asked for wipe metadata",
+    }
 
 
 def test_events_follow_prints_new_events_and_stops_cleanly(seeded: Path) -> None:

@@ -30,7 +30,7 @@ from ztpd.http.auth import Auth, Principal, Role
 from ztpd.http.openapi import document
 from ztpd.http.server import error_response
 from ztpd.identity import normalize_mac
-from ztpd.lifecycle import IN_PROGRESS, Lifecycle, State, Transition, Trigger, retire_trigger
+from ztpd.lifecycle import IN_PROGRESS, Lifecycle, State, Transition, Trigger
 from ztpd.metrics import CONTENT_TYPE, Metrics
 from ztpd.store import Nodes, Store
 
@@ -433,7 +433,8 @@ class ActionBody(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     reason: str | None = Field(default=None, max_length=500)
-    # retire only: metadata or full goes through retiring (the agent wipes); unset/none: retired
+    # retire only: metadata or full goes through retiring (the agent wipes); none: retired;
+    # unset: the node's profile's os.wipe.on_retire (lifecycle.retire_policy)
     wipe: Literal["none", "metadata", "full"] | None = None
 
 
@@ -462,12 +463,14 @@ def act(
     if body.wipe is not None and action != "retire":
         raise BadRequest("wipe applies to retire only")
     detail: dict[str, Any] = {"by": principal.name}
-    if body.wipe is not None:
-        detail["wipe"] = body.wipe
-    # retire with a wipe level goes through retiring: the node's agent erases its disks first.
-    trigger = retire_trigger(body.wipe) if action == "retire" else TRIGGERS[action]
     log.info("node action node=%s action=%s by=%s", node_id, action, principal.name)
-    return deps.lifecycle.fire(node_id, trigger, cause=action, detail=detail, reason=body.reason)
+    if action == "retire":  # the wipe asked for, else the profile's; a wipe goes via retiring
+        return deps.lifecycle.retire(
+            node_id, body.wipe, cause=action, detail=detail, reason=body.reason
+        )
+    return deps.lifecycle.fire(
+        node_id, TRIGGERS[action], cause=action, detail=detail, reason=body.reason
+    )
 
 
 async def node_action(request: web.Request, who: Principal) -> web.Response:

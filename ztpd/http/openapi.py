@@ -232,7 +232,8 @@ SCHEMAS: dict[str, Schema] = {
             "reason": {**null(STR), "description": "recorded with the event (max 500 chars)"},
             "wipe": {
                 "description": "retire only: metadata or full has the node's agent erase its "
-                "disks first (state retiring); unset or none retires at once",
+                "disks first (state retiring); none retires at once; unset applies the node's "
+                "profile's os.wipe.on_retire",
                 "anyOf": [
                     {"type": "string", "enum": ["none", "metadata", "full"]},
                     {"type": "null"},

@@ -25,7 +25,7 @@ from typing import Any
 from ztpd.config import InstallPhases
 from ztpd.errors import NotFound
 from ztpd.inventory.schema import Inventory
-from ztpd.lifecycle import Lifecycle, State, Transition, Trigger
+from ztpd.lifecycle import WIPE_FACT, Lifecycle, State, Transition, Trigger
 from ztpd.model import Node
 from ztpd.profiles import ProfileCatalog
 from ztpd.profiles.model import Os
@@ -145,11 +145,16 @@ class StoreInstallBackend:
         log.info("deploy phase node=%s phase=%s seconds=%g", node.id, phase.name, phase.seconds)
 
     def _entered(self, t: Transition) -> None:
-        """Lifecycle listener: a node entering deploying starts its first phase."""
-        if t.to_state == State.DEPLOYING:
-            first = self._work_phase(t.node)
-            if first is not None:
-                self._start(t.node, first)
+        """Lifecycle listener: a node matched or entering deploying keeps its profile's retire
+        policy (``lifecycle.retire_policy``); entering deploying starts its first phase."""
+        if t.to_state not in (State.MATCHED, State.DEPLOYING):
+            return
+        os_ = self.os_for(t.node)
+        level = os_.wipe.on_retire if os_ is not None else None  # None: installs nothing
+        self.nodes.update_facts(t.node.id, {WIPE_FACT: {"level": level, "profile": t.node.profile}})
+        first = self._work_phase(t.node) if t.to_state == State.DEPLOYING else None
+        if first is not None:
+            self._start(t.node, first)
 
     def fail(self, node_id: int, cause: str, reason: str, detail: dict[str, Any]) -> None:
         self.lifecycle.fire(
