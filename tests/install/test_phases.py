@@ -5,11 +5,14 @@ the node with its own reason. The installer's phases are in test_endpoints.py.""
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.daemon import Daemon, write_config
+from tests.netns import wait_for
 from ztpd import config
 from ztpd.config import InstallPhases
 from ztpd.errors import SourceError
@@ -141,3 +144,35 @@ def test_each_phase_limit_is_its_own_config_key() -> None:
         SourceError, match=r"site.yaml:3:17: install.phases.first_boot: Input should"
     ):
         config.parse("install:\n  phases:\n    first_boot: 0\n", "site.yaml", {}, Path("/"))
+
+
+def test_the_daemon_fails_a_silent_image_write_with_its_configured_limit(tmp_path: Path) -> None:
+    """``ztpd serve`` reads install.phases: the node's PXE boot starts the image write, and no
+    agent report within image_write seconds fails it with that phase's reason."""
+    state = tmp_path / "state"
+    store = Store(state / "ztpd.db")
+    lifecycle = Lifecycle(store, {"inspecting": 60, "deploying": 3600, "configuring": 60})
+    node = Nodes(store).observe(Identity.of(["52:54:00:00:03:01"]), cause="test")
+    for trigger in (Trigger.INSPECT, Trigger.INSPECTED):
+        lifecycle.fire(node.id, trigger, cause="test")
+    lifecycle.fire(node.id, Trigger.MATCH, cause="test", profile="kubeedge-edge")  # image
+    store.close()
+    cfg = write_config(tmp_path / "ztpd.yaml", state, install={"phases": {"image_write": 1}})
+    with Daemon(cfg) as daemon:
+        url = f"{daemon.url}/ipxe?mac=52:54:00:00:03:01&platform=efi&buildarch=x86_64"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert r.status == 200 and "ztpd.mode=deploy" in r.read().decode()
+        reader = Store(state / "ztpd.db")
+        try:
+            got = wait_for(
+                lambda: (n := Nodes(reader).get(node.id)).state == "failed" and n,
+                "the image write's deadline",
+                timeout=30,
+            )
+        finally:
+            reader.close()
+    assert (got.failed_from, got.reason) == (
+        "deploying",
+        "image write: no report from the agent for 1 s",
+    )
+    assert "Traceback" not in daemon.stderr
