@@ -44,7 +44,9 @@ def test_up_boots_a_vm_to_its_boot_script_then_status_up_again_and_down(lab_run:
     assert f"status page: {lab_run.url}/" in out and "stopped following" in out
 
     pids = vm_pids(lab_run)
-    assert set(pids) == {"ztpd", "forward", "vm1"} and all(alive(p) for p in pids.values())
+    assert set(pids) == {"ztpd", "forward", "dnsmasq", "vm1"} and all(
+        alive(p) for p in pids.values()
+    )
     status = lab_run.cli("status")
     assert status.returncode == 0, status.stdout + status.stderr
     assert f"lab {lab_run.name}: up" in status.stdout

@@ -4,7 +4,8 @@ Layout (``<name>`` is ``ztpd-lab`` unless told otherwise)::
 
     host 127.0.0.1:<port> ─ forwarder ─┐ (its upstream sockets live in <name>-srv)
     <name>-srv:  eth0 10.231.0.1/24, ztpd serve (DHCP full or proxy, TFTP, HTTP)
-    <name>-dhcp: eth0 10.231.0.2/24, dnsmasq handing out addresses only (``--dhcp proxy``)
+    <name>-dhcp: eth0 10.231.0.2/24, dnsmasq: IPv6 router advertisements, and in ``--dhcp
+                 proxy`` mode the addresses (nothing about booting)
     <name>-br:   br0 (STP off, forward delay 0, no bridge netfilter), a veth to each of the
                  above, one tap per VM NIC, and the QEMU processes
 
@@ -46,7 +47,10 @@ from ztpd.lab.watch import Progress
 NAME = "ztpd-lab"
 SUBNET = "10.231.0.0/24"
 SERVER_IP = "10.231.0.1"
-DHCP_IP = "10.231.0.2"  # dnsmasq, in proxy mode
+DHCP_IP = "10.231.0.2"  # dnsmasq: router advertisements; the addresses in proxy mode
+# iPXE configures IPv4 and IPv6 together and waits ~15 s for a router advertisement that a LAN
+# without an IPv6 router never sends, at every network boot; dnsmasq advertises this prefix.
+PREFIX6 = "fd31:0:0:231::"
 DHCP_MODES = ("full", "proxy")
 # UEFI VMs load snponly.efi (over PXE and over OVMF's HTTP boot, which it tries next): it drives
 # only the NIC the firmware booted from through the firmware's own SNP. With ipxe.efi (its own
@@ -136,8 +140,7 @@ class LabState:
     @property
     def wanted(self) -> set[str]:
         """The processes a healthy lab runs."""
-        extra = {"dnsmasq"} if self.dhcp == "proxy" else set()
-        return {"ztpd", "forward", *extra, *(v.name for v in self.vms)}
+        return {"ztpd", "forward", "dnsmasq", *(v.name for v in self.vms)}
 
 
 def proc_start(pid: int) -> str | None:
@@ -192,10 +195,7 @@ class Lab:
         if lab is None or not lab.procs:
             return None
         present = set(namespaces(self.s.name))
-        needed = {self.switch_ns, self.server_ns} | (
-            {self.dhcp_ns} if lab.dhcp == "proxy" else set()
-        )
-        if needed - present:
+        if set(self.all_ns) - present:
             return None
         if lab.wanted - set(lab.procs) or not all(p.alive() for p in lab.procs.values()):
             return None
@@ -266,6 +266,8 @@ class Lab:
     def _build(self, vms: list[VmSpec], dhcp: str) -> LabState:
         firmwares = {v.firmware for v in vms}
         problems = missing_tools(firmwares)
+        if shutil.which("dnsmasq") is None:
+            problems.append("dnsmasq (apt-get install dnsmasq-base)")
         if problems:
             raise ZtpdError("lab: this host lacks " + "; ".join(problems))
         self._images()
@@ -281,9 +283,8 @@ class Lab:
             lan.plug(server, "srv0")
             ip("-n", server.name, "addr", "add", f"{SERVER_IP}/24", "dev", "eth0")
             ip("-n", server.name, "link", "set", "eth0", "up")
-            if dhcp == "proxy":
-                lab.procs["dnsmasq"] = _track(self._start_dnsmasq(lan))
-                self.save(lab)
+            lab.procs["dnsmasq"] = _track(self._start_dnsmasq(lan, dhcp))
+            self.save(lab)
             lab.procs["ztpd"] = _track(self._start_ztpd(server, dhcp))
             self.save(lab)
             lab.procs["forward"] = _track(self._start_forward(server, listen))
@@ -426,11 +427,13 @@ class Lab:
                 env=self._child_env(),
             )
 
-    def _start_dnsmasq(self, lan: Lan) -> subprocess.Popen[bytes]:
-        """A plain DHCP server on the LAN: addresses and a router, nothing about booting."""
+    def _start_dnsmasq(self, lan: Lan, dhcp: str) -> subprocess.Popen[bytes]:
+        """The LAN's IPv6 router advertisements (stateless: no DHCPv6), and in proxy mode its
+        plain DHCP server: addresses and a router, nothing about booting."""
         ns = Netns(self.dhcp_ns)
         lan.plug(ns, "dhcp0")
         ip("-n", ns.name, "addr", "add", f"{DHCP_IP}/24", "dev", "eth0")
+        ip("-n", ns.name, "addr", "add", f"{PREFIX6}2/64", "dev", "eth0", "nodad")
         ip("-n", ns.name, "link", "set", "eth0", "up")
         argv = [
             "dnsmasq",
@@ -439,12 +442,17 @@ class Lab:
             "--port=0",  # no DNS
             "--interface=eth0",
             "--bind-interfaces",
-            f"--dhcp-range={POOL[0]},{POOL[1]},1h",
-            f"--dhcp-option=option:router,{SERVER_IP}",
+            "--enable-ra",
+            f"--dhcp-range={PREFIX6},ra-only",
             f"--dhcp-leasefile={self.s.state / 'dnsmasq.leases'}",
             "--log-dhcp",
             "--log-facility=-",
         ]
+        if dhcp == "proxy":
+            argv += [
+                f"--dhcp-range={POOL[0]},{POOL[1]},1h",
+                f"--dhcp-option=option:router,{SERVER_IP}",
+            ]
         with (self.s.state / "dnsmasq.log").open("ab") as log:
             return ns.popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
