@@ -1,8 +1,14 @@
 """Run a real ``ztpd serve`` subprocess for tests: a config file, a free port, readiness by polling
-/healthz (never a fixed sleep), and a stop that reports how the daemon exited."""
+/healthz (never a fixed sleep), and a stop that reports how the daemon exited.
+
+``serve_on_lan`` runs it instead as a test LAN's PXE server, for the VM tests: in its own
+namespace on the LAN, full DHCP, TFTP and HTTP on the LAN's first address, with IPv6 router
+advertisements beside it (iPXE otherwise waits ~15 s for them at every network boot).
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -10,18 +16,35 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tests.netns import Lan, Netns, require, wait_for
+
 REPO = Path(__file__).resolve().parent.parent
+LAN_HTTP_PORT = 8080
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def merged(base: dict[str, Any], sections: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``sections`` over it; a dict section merges into a dict one key by key."""
+    cfg = dict(base)
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
 
 
 def write_config(path: Path, state_dir: Path, **sections: Any) -> Path:
@@ -33,12 +56,7 @@ def write_config(path: Path, state_dir: Path, **sections: Any) -> Path:
         "http": {"listen": ["127.0.0.1"], "port": free_port()},
         "lifecycle": {"sweep_interval": 0.2},
     }
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key] = {**cfg[key], **value}
-        else:
-            cfg[key] = value
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(merged(cfg, sections)))
     return path
 
 
@@ -108,3 +126,90 @@ class Daemon:
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.stop()
+
+
+def router_advertisements(ns: Netns, prefix: str = "fd00::") -> None:
+    """Stateless IPv6 router advertisements of ``prefix`` (a /64) from ``ns``'s eth0, like a LAN
+    with an IPv6 router: dnsmasq with no DNS, no DHCP."""
+    require("dnsmasq")
+    ns.run(["ip", "addr", "add", f"{prefix}1/64", "dev", "eth0", "nodad"])
+    ns.popen(
+        [
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--interface=eth0",
+            "--bind-interfaces",
+            "--enable-ra",
+            f"--dhcp-range={prefix},ra-only",
+            "--pid-file=",
+            "--log-facility=-",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+
+
+@dataclass
+class LanServer:
+    """A ``ztpd serve`` in ``ns``, the server namespace of a test LAN."""
+
+    ns: Netns
+    ip: str
+    state: Path
+    config: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.ip}:{LAN_HTTP_PORT}"
+
+    def log(self) -> str:
+        return (self.state / "ztpd.log").read_text(errors="replace")
+
+
+@contextmanager
+def serve_on_lan(lan: Lan, state: Path, subnet: str, **sections: Any) -> Iterator[LanServer]:
+    """``ztpd serve`` in ``lan``'s new namespace ``srv``, at ``subnet``'s first address: full
+    DHCP on eth0 (pool .100-.150, itself the router), TFTP, HTTP on port 8080, state, config
+    and ``ztpd.log`` in ``state``. ``sections`` go over that config (as write_config's do).
+    Ready once its log says so; stopped at the end, even on failure."""
+    net = ipaddress.ip_network(subnet)
+    ip = str(net[1])
+    srv = lan.host("srv", f"{ip}/{net.prefixlen}")
+    router_advertisements(srv, f"fd{net[0].packed[1]:02x}::")
+    lan_sections: dict[str, Any] = {
+        "http": {"listen": [ip], "port": LAN_HTTP_PORT},
+        "tftp": {"enabled": True, "listen": [ip], "port": 69},
+        "dhcp": {
+            "mode": "full",
+            "interfaces": ["eth0"],
+            "subnets": [
+                {
+                    "subnet": subnet,
+                    "pools": [{"start": str(net[100]), "end": str(net[150])}],
+                    "router": ip,
+                }
+            ],
+        },
+    }
+    config = write_config(state / "ztpd.yaml", state, **merged(lan_sections, sections))
+    with (state / "ztpd.log").open("wb") as out:
+        proc = srv.popen(
+            ztpd_cmd("serve", "--config", str(config)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    server = LanServer(srv, ip, state, config, proc)
+    try:
+        wait_for(
+            lambda: "logger=ztpd.app ready" in server.log() or proc.poll() is not None,
+            "ztpd to start",
+            timeout=60,
+            step=0.1,
+        )
+        assert proc.poll() is None, f"ztpd exited {proc.returncode}:\n{server.log()[-4000:]}"
+        yield server
+    finally:
+        srv.stop(proc)

@@ -12,60 +12,49 @@ import json
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.netns import Lan, Netns, lan, require, wait_for
+from tests.daemon import LanServer, router_advertisements, serve_on_lan
+from tests.netns import Lan, lan, require, wait_for
 
-__all__ = ["lan"]
+__all__ = ["lan", "router_advertisements"]
 
 pytestmark = [pytest.mark.netns, pytest.mark.vm, pytest.mark.slow]
 
 HERE = Path(__file__).parent
-TEMPLATES = HERE.parents[1] / "boot-templates"
 IPXE = Path("/usr/lib/ipxe")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 E1000_ROM = IPXE / "qemu" / "pxe-e1000.rom"
-SERVER = "10.77.0.1"
+SUBNET = "10.77.0.0/24"
 DEADLINE = 60.0
 
 
-@dataclass
-class Ztpd:
-    ns: Netns
-    state: Path
-    proc: subprocess.Popen[bytes]
+def query(z: LanServer, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Rows from ztpd's store (read-only); none before its schema exists."""
+    if not (z.state / "ztpd.db").exists():
+        return []
+    conn = sqlite3.connect(f"file:{z.state / 'ztpd.db'}?mode=ro", uri=True)
+    try:
+        return list(conn.execute(sql, args))
+    except sqlite3.OperationalError:
+        return []  # schema not created yet
+    finally:
+        conn.close()
 
-    def log(self) -> str:
-        return (self.state / "ztpd.log").read_text(errors="replace")
 
-    def macs(self, node_id: int) -> list[str]:
-        conn = sqlite3.connect(f"file:{self.state / 'ztpd.db'}?mode=ro", uri=True)
-        try:
-            rows = conn.execute("SELECT mac FROM node_macs WHERE node_id = ?", (node_id,))
-            return [mac for (mac,) in rows]
-        finally:
-            conn.close()
+def macs(z: LanServer, node_id: int) -> list[str]:
+    return [mac for (mac,) in query(z, "SELECT mac FROM node_macs WHERE node_id = ?", node_id)]
 
-    def boot_events(self) -> list[dict[str, Any]]:
-        if not (self.state / "ztpd.db").exists():
-            return []
-        conn = sqlite3.connect(f"file:{self.state / 'ztpd.db'}?mode=ro", uri=True)
-        try:
-            rows = conn.execute("SELECT node_id, detail FROM events WHERE kind = 'boot'")
-            return [{"node_id": n, **json.loads(d)} for n, d in rows]
-        except sqlite3.OperationalError:
-            return []  # schema not created yet
-        finally:
-            conn.close()
+
+def boot_events(z: LanServer) -> list[dict[str, Any]]:
+    rows = query(z, "SELECT node_id, detail FROM events WHERE kind = 'boot'")
+    return [{"node_id": n, **json.loads(d)} for n, d in rows]
 
 
 def loaders(images: Path) -> None:
@@ -82,71 +71,14 @@ def loaders(images: Path) -> None:
     (images / "discovery" / "initrd.img").write_bytes(b"not an initrd")
 
 
-def router_advertisements(ns: Netns) -> None:
-    """Like a LAN with an IPv6 router: iPXE otherwise waits ~15 s for IPv6 autoconfiguration
-    before it asks for its boot script. dnsmasq sends RAs only here (no DNS, no DHCP)."""
-    require("dnsmasq")
-    ns.run(["ip", "addr", "add", "fd77::1/64", "dev", "eth0", "nodad"])
-    ns.popen(
-        [
-            "dnsmasq",
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--port=0",
-            "--interface=eth0",
-            "--bind-interfaces",
-            "--enable-ra",
-            "--dhcp-range=fd77::,ra-only",
-            "--pid-file=",
-            "--log-facility=-",
-        ]
-    )
-
-
 @pytest.fixture
-def ztpd(lan: Lan, tmp_path: Path) -> Iterator[Ztpd]:
+def ztpd(lan: Lan, tmp_path: Path) -> Iterator[LanServer]:
     require("qemu-system-x86_64")
     images = tmp_path / "images"
     images.mkdir()
     loaders(images)
-    server = lan.host("srv", f"{SERVER}/24")
-    router_advertisements(server)
-    config = tmp_path / "ztpd.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "state_dir": str(tmp_path),
-                "images_dir": str(images),
-                "templates_dir": str(TEMPLATES),
-                "profiles_dir": str(HERE.parents[1] / "profiles"),
-                "log": {"level": "info"},
-                "http": {"listen": [SERVER], "port": 8080},
-                "tftp": {"enabled": True, "listen": [SERVER], "port": 69},
-                "dhcp": {
-                    "mode": "full",
-                    "interfaces": ["eth0"],
-                    "subnets": [
-                        {
-                            "subnet": "10.77.0.0/24",
-                            "pools": [{"start": "10.77.0.100", "end": "10.77.0.150"}],
-                            "router": SERVER,
-                        }
-                    ],
-                },
-            }
-        )
-    )
-    with (tmp_path / "ztpd.log").open("wb") as out:
-        proc = server.popen(
-            [sys.executable, "-m", "ztpd", "serve", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    z = Ztpd(server, tmp_path, proc)
-    wait_for(lambda: "logger=ztpd.app ready" in z.log() or proc.poll() is not None, "ztpd to start")
-    assert proc.poll() is None, z.log()
-    yield z
-    server.stop(proc)
+    with serve_on_lan(lan, tmp_path, SUBNET, images_dir=str(images)) as server:
+        yield server
 
 
 def vm(
@@ -180,8 +112,8 @@ def vm(
         return switch.popen(argv, stdout=out, stderr=subprocess.STDOUT)
 
 
-def reached_second_stage(z: Ztpd, platform: str) -> dict[str, Any] | None:
-    for e in z.boot_events():
+def reached_second_stage(z: LanServer, platform: str) -> dict[str, Any] | None:
+    for e in boot_events(z):
         if e.get("asked") == "/ipxe" and e.get("platform") == platform:
             return e
     return None
@@ -189,7 +121,7 @@ def reached_second_stage(z: Ztpd, platform: str) -> dict[str, Any] | None:
 
 def boots_to_second_stage(
     lan: Lan,
-    z: Ztpd,
+    z: LanServer,
     tmp_path: Path,
     name: str,
     *,
@@ -211,11 +143,11 @@ def boots_to_second_stage(
     assert isinstance(event, dict), (tmp_path / f"{name}.qemu").read_text(errors="replace")
     print(f"{name} second stage after {time.monotonic() - started:.1f}s")
     assert event["status"] == 200 and event["served"] == "discovery.ipxe.j2"
-    assert z.macs(event["node_id"]) == [mac]
+    assert macs(z, event["node_id"]) == [mac]
     return event
 
 
-def test_bios_vm_reaches_second_stage(lan: Lan, ztpd: Ztpd, tmp_path: Path) -> None:
+def test_bios_vm_reaches_second_stage(lan: Lan, ztpd: LanServer, tmp_path: Path) -> None:
     if not E1000_ROM.is_file():
         pytest.skip(f"needs QEMU's iPXE ROMs: {E1000_ROM} (apt-get install ipxe-qemu)")
     boots_to_second_stage(
@@ -231,7 +163,7 @@ def test_bios_vm_reaches_second_stage(lan: Lan, ztpd: Ztpd, tmp_path: Path) -> N
 
 
 def test_uefi_vm_fetches_ipxe_efi_over_tftp_and_reaches_second_stage(
-    lan: Lan, ztpd: Ztpd, tmp_path: Path
+    lan: Lan, ztpd: LanServer, tmp_path: Path
 ) -> None:
     if not (OVMF_CODE.is_file() and OVMF_VARS.is_file()):
         pytest.skip(f"needs OVMF: {OVMF_CODE} (apt-get install ovmf)")
@@ -257,7 +189,7 @@ def test_uefi_vm_fetches_ipxe_efi_over_tftp_and_reaches_second_stage(
         nic="virtio-net-pci,romfile=",
     )
     assert "tftp sent" in ztpd.log() and "file=ipxe.efi" in ztpd.log()
-    fetched = [e for e in ztpd.boot_events() if e.get("asked") == "tftp ipxe.efi"]
+    fetched = [e for e in boot_events(ztpd) if e.get("asked") == "tftp ipxe.efi"]
     # OVMF asks for the size first and aborts that transfer; then it fetches the file.
     assert {e["node_id"] for e in fetched} == {event["node_id"]}
     assert "sent" in {e["status"] for e in fetched}
