@@ -5,10 +5,12 @@ that read its store to wait for a VM's node to get somewhere (generous deadlines
         up = lab_run.up(nodes=2, firmware="mixed")
         lab_run.wait_state("vm1", {"deployed"}, timeout=600)
 
-Each run is named ``ztpd-lab-t<pid>`` (a user's own ``ztpd-lab`` is never touched) and is taken
-down at the end, even when the test fails; the teardown checks nothing of it is left. Before
-that, the seconds from power-on to each step of every VM (the lab's own ``watch.Progress``) are
-appended to ``test-artifacts/e2e-timings.json`` under the test's name, so regressions show.
+A test that wants several labs side by side (to keep both cores busy) takes ``labs`` and calls
+it once per lab with a distinct tag. Each run is named ``ztpd-lab-t<pid><tag>`` (a user's own
+``ztpd-lab`` is never touched) and is taken down at the end, even when the test fails; the
+teardown checks nothing of it is left. Before that, the seconds from power-on to each step of
+every VM (the lab's own ``watch.Progress``) are appended to ``test-artifacts/e2e-timings.json``
+under the test's name, so regressions show.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,8 @@ from tests.daemon import REPO, free_port
 from tests.netns import require, wait_for
 from ztpd.identity import normalize_mac
 from ztpd.lab import LabState
-from ztpd.lab.lab import proc_start
-from ztpd.lab.net import namespaces
+from ztpd.lab.lab import Proc, proc_start
+from ztpd.lab.net import namespaces, stop_group
 from ztpd.lab.watch import Progress, ready
 from ztpd.lifecycle import State
 from ztpd.model import Event, Node
@@ -43,9 +45,10 @@ KEEP_RUNS = 200  # the timings file keeps the latest runs only
 
 
 class LabRun:
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, tag: str = "") -> None:
         self.state = state
-        self.name = f"ztpd-lab-t{os.getpid()}"
+        # The tag comes before the lab's own "-srv"/"-br" suffixes: no name prefixes another's.
+        self.name = f"ztpd-lab-t{os.getpid()}{tag}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.procs: list[subprocess.Popen[str]] = []
@@ -198,6 +201,15 @@ class LabRun:
         lab = LabState.from_dict(recorded)
         return Progress(db, lab.vms, lab.powered_on, lambda _: None).timings()
 
+    def power_off(self, vm: str) -> None:
+        """Stop ``vm``'s QEMU with SIGTERM, which writes its disk caches out, so the host can
+        read the disks; ``down`` then finds it gone."""
+        recorded = self.recorded()["procs"][vm]
+        proc = Proc(int(recorded["pid"]), recorded["start"])
+        if proc.alive():
+            stop_group(proc.pid, signal.SIGTERM)
+        wait_for(lambda: not proc.alive(), f"{vm}'s QEMU to exit", 60, 0.2)
+
     def leftovers(self) -> list[str]:
         """Anything of this lab still present: namespaces, live recorded processes, files."""
         left = [f"namespace {n}" for n in namespaces(self.name) if n.startswith(self.name + "-")]
@@ -235,6 +247,7 @@ def record_timings(test: str, run: LabRun) -> None:
         {
             "test": test,
             "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "lab": run.name,
             "accel": run.recorded().get("accel"),
             "dhcp": run.recorded().get("dhcp"),
             "nodes": nodes,
@@ -246,19 +259,40 @@ def record_timings(test: str, run: LabRun) -> None:
     os.replace(part, TIMINGS)
 
 
+def take_down(test: str, run: LabRun) -> list[str]:
+    """Record the run's timings, take it down; whatever of it is left (nothing, normally)."""
+    pids = vm_pids(run)
+    record_timings(test, run)
+    run.close()
+    # Recorded pids may be reused by now only in theory; a short poll covers exit races.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(p) for p in pids.values()):
+        time.sleep(0.1)
+    return run.leftovers() + [f"process {k}" for k, p in pids.items() if alive(p)]
+
+
 @pytest.fixture
-def lab_run(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LabRun]:
-    require("qemu-system-x86_64", "qemu-img")
-    run = LabRun(tmp_path / "lab")
+def labs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], LabRun]]:
+    """Makes labs (``labs("p")``): each with its own tag, state and port; all taken down."""
+    require("qemu-system-x86_64", "qemu-img", "dnsmasq")
+    made: list[LabRun] = []
+
+    def make(tag: str) -> LabRun:
+        run = LabRun(tmp_path / f"lab{tag}", tag)
+        assert run.name not in {r.name for r in made}, f"lab tag {tag!r} used twice"
+        made.append(run)
+        return run
+
     try:
-        yield run
+        yield make
     finally:
-        pids = vm_pids(run)
-        record_timings(request.node.nodeid, run)
-        run.close()
-        assert run.leftovers() == []
-        # Recorded pids may be reused by now only in theory; a short poll covers exit races.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(alive(p) for p in pids.values()):
-            time.sleep(0.1)
-        assert [k for k, p in pids.items() if alive(p)] == []
+        # Every lab comes down before anything is asserted about any of them.
+        left = [
+            f"{run.name}: {what}" for run in made for what in take_down(request.node.nodeid, run)
+        ]
+        assert left == []
+
+
+@pytest.fixture
+def lab_run(labs: Callable[[str], LabRun]) -> LabRun:
+    return labs("")
