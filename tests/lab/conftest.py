@@ -219,8 +219,12 @@ class LabRun:
     def close(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)  # `up` stops following and writes its timings
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
                 proc.kill()
-            proc.communicate()
+                proc.communicate()
         self.cli("down")
 
 

@@ -71,6 +71,7 @@ MADE = (
     "dnsmasq.log",
     "dnsmasq.leases",
     "admin-token",
+    "kvm-probe.log",  # left by an `up` killed while it probed KVM
     "ztpd",
     "vms",
 )

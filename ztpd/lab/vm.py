@@ -246,7 +246,12 @@ def accelerator(workdir: Path, kvm: Path = Path("/dev/kvm")) -> tuple[str, str]:
     out.unlink(missing_ok=True)
     # SeaBIOS writes its progress to the debug console; under a working KVM it reaches
     # "Booting from" (no disks: it gives up) within a second.
+    # timeout(1) ends the probe by itself even when this process is killed before its cleanup.
     argv = [
+        "timeout",
+        "-s",
+        "KILL",
+        str(int(KVM_PROBE_SECONDS) + 5),
         QEMU,
         "-accel",
         "kvm",
@@ -276,7 +281,7 @@ def accelerator(workdir: Path, kvm: Path = Path("/dev/kvm")) -> tuple[str, str]:
             time.sleep(0.1)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            proc.terminate()  # timeout(1) hands it on, and kills QEMU at its deadline anyway
         proc.communicate()
         out.unlink(missing_ok=True)
     return verdict
