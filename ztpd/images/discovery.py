@@ -73,7 +73,8 @@ PACKAGES = (
     "libstdc++6",
     "libgcc-s1",
 )
-# Copied before busybox's applets are linked, so coreutils' dd is the ramdisk's dd.
+# Copied before busybox's applets are linked, so a path here is the real tool (busybox's shell
+# still runs its own applet for a bare name: the agent calls /bin/dd and /usr/bin/fallocate).
 TOOLS = (
     "usr/sbin/dmidecode",
     "usr/bin/ipmitool",
