@@ -168,3 +168,21 @@ def test_image_root_filesystem_is_generic(image: osimage.OsImage, tmp_path: Path
     cloud = debugfs("cat /etc/cloud/cloud.cfg.d/90-ztpd.cfg")
     assert "phone-home" in cloud and "growpart" in cloud and "apt-configure" in cloud
     assert "/dev/null" in debugfs("stat /etc/systemd/system/apt-daily.timer")
+    assert "ssh_genkeytypes: [ecdsa, ed25519]" in cloud  # no RSA: a minute of TCG
+    # One cloud-init stage fewer: the config modules run in the final stage.
+    assert "cloud_config_modules: []" in cloud
+    assert "/dev/null" in debugfs("stat /etc/systemd/system/cloud-config.service")
+    assert "\nPasswordAuthentication no\n" in debugfs("cat /etc/ssh/sshd_config")
+    assert "set timeout=0" in debugfs("cat /boot/grub/grub.cfg")
+    # The initramfs: zstd, any disk controller and ext4, none of the network/SAN/fs extras.
+    initrd = tmp_path / "initrd.img"
+    debugfs(f"dump /boot/initrd.img-{version} {initrd}")
+    assert initrd.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
+    unpacked = subprocess.run(
+        f"zstd -dc {initrd} | busybox cpio -t", shell=True, capture_output=True, check=True
+    )
+    files = unpacked.stdout.decode().splitlines()
+    for kept in ("/ahci.ko", "/nvme.ko", "/virtio_blk.ko", "/megaraid_sas.ko", "/ext4.ko"):
+        assert any(f.endswith(kept) for f in files), kept
+    for gone in ("/drivers/net/", "/drivers/infiniband/", "/fs/xfs/", "/qla2xxx/"):
+        assert not any(gone in f for f in files), gone

@@ -100,15 +100,57 @@ DPKG_EXCLUDES = "\n".join(
         "",
     )
 )
+# The initramfs only has to find a local ext4 root: MODULES=most (any disk controller, for
+# hardware the image has never seen) without what it adds for network, SAN and other file
+# system roots, which is two thirds of its modules. Under emulation every byte is read by the
+# firmware and unpacked by the kernel on each boot.
+INITRAMFS_UNNEEDED = (
+    *("drivers/net", "drivers/infiniband", "drivers/target", "drivers/nvme/target"),
+    *("drivers/nvme/host/nvme-rdma.ko", "drivers/nvme/host/nvme-tcp.ko"),
+    *("drivers/nvme/host/nvme-fc.ko", "drivers/block/rbd.ko", "drivers/block/nbd.ko"),
+    "drivers/block/drbd",
+    *(f"net/{tree}" for tree in ("ceph", "core", "dns_resolver", "ipv4", "ipv6", "psample")),
+    *(f"net/{tree}" for tree in ("sunrpc", "tls", "vmw_vsock", "xfrm")),
+    *(
+        f"drivers/scsi/{hba}"
+        for hba in (
+            *("qla2xxx", "qla4xxx", "lpfc", "bfa", "bnx2fc", "bnx2i", "qedf", "qedi", "fcoe"),
+            *("libfc", "cxgbi", "be2iscsi", "csiostor", "fnic", "snic", "iscsi_tcp.ko"),
+            *("libiscsi.ko", "libiscsi_tcp.ko", "scsi_transport_iscsi.ko"),
+            *("iscsi_boot_sysfs.ko", "scsi_debug.ko"),
+        )
+    ),
+    *(
+        f"fs/{fs}"
+        for fs in (
+            *("btrfs", "f2fs", "fscache", "isofs", "jfs", "lockd", "netfs", "nfs"),
+            *("nfs_common", "reiserfs", "udf", "xfs"),
+        )
+    ),
+)
+# A local initramfs-tools hook: they run after the modules are added, before depmod.
+INITRAMFS_HOOK = (
+    "#!/bin/sh\n"
+    "# ztpd: the root is a local ext4 disk; drop the network, SAN and other file system drivers.\n"
+    '[ "$1" = prereqs ] && exit 0\n'
+    'cd "${DESTDIR}/lib/modules/${version}/kernel" || exit 0\n'
+    f"rm -rf {' '.join(INITRAMFS_UNNEEDED)}\n"
+)
+# Host keys cloud-init makes on first boot. No RSA: under TCG one RSA-3072 key takes most of
+# a minute; ECDSA and Ed25519 take a second, and every OpenSSH since 6.5 uses them.
+SSH_KEY_TYPES = ("ecdsa", "ed25519")
 # Trimmed cloud-init stages: the seed's needs (hostname, users, keys, growpart, files,
 # commands, apt, packages, phone_home) and nothing that probes for what a node has not got.
+# The config stage's modules run first thing in the final stage instead (cloud-config.service
+# is masked): each stage is a Python start of ten seconds under TCG.
 CLOUD_MODULES = {
     "cloud_init_modules": (
         *("seed_random", "bootcmd", "write-files", "growpart", "resizefs", "set_hostname"),
         *("update_hostname", "update_etc_hosts", "users-groups", "ssh"),
     ),
-    "cloud_config_modules": ("set-passwords", "apt-configure", "timezone", "runcmd"),
+    "cloud_config_modules": (),
     "cloud_final_modules": (
+        *("set-passwords", "apt-configure", "timezone", "runcmd"),
         *("package-update-upgrade-install", "write-files-deferred", "scripts-per-once"),
         *("scripts-per-boot", "scripts-per-instance", "scripts-user"),
         *("ssh-authkey-fingerprints", "phone-home", "final-message", "power-state-change"),
@@ -121,6 +163,7 @@ MASKED_UNITS = (
     "apt-daily-upgrade.timer",
     "e2scrub_all.timer",
     "e2scrub_reap.service",
+    "cloud-config.service",  # its modules run in cloud-final (CLOUD_MODULES)
 )
 # GPT partition type GUIDs (sfdisk accepts them verbatim).
 BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
@@ -165,7 +208,7 @@ class Recipe:
         "var/cache/debconf/config.dat-old",
         "var/lib/dpkg/status-old",
     )
-    version: int = 5  # bump when the build steps change what ends up in the image
+    version: int = 6  # bump when the build steps change what ends up in the image
 
     def fingerprint(self, mirror: str) -> str:
         text = json.dumps({**asdict(self), "mirror": mirror}, sort_keys=True)
@@ -189,6 +232,7 @@ RECIPES: dict[str, Recipe] = {
             "netbase",
             "sudo",
             "e2fsprogs",
+            "zstd",  # initramfs-tools compresses with it (faster to unpack than its gzip fallback)
         ),
     ),
 }
@@ -332,6 +376,11 @@ def _install(root: Path, recipe: Recipe, mirror: str, cache: Path) -> None:
     dpkg_cfg = root / "etc/dpkg/dpkg.cfg.d"
     dpkg_cfg.mkdir(parents=True, exist_ok=True)
     (dpkg_cfg / "ztpd-excludes").write_text(DPKG_EXCLUDES)
+    # In place before the kernel's package makes the initramfs.
+    hook = root / "etc/initramfs-tools/hooks/ztpd-local-root"
+    hook.parent.mkdir(parents=True, exist_ok=True)
+    hook.write_text(INITRAMFS_HOOK)
+    hook.chmod(0o755)
     # No daemon starts inside the build; name resolution as on this machine.
     policy = root / "usr/sbin/policy-rc.d"
     policy.write_text("#!/bin/sh\nexit 101\n")
@@ -363,7 +412,7 @@ def _configure(root: Path, root_uuid: str) -> None:
     grub.mkdir(parents=True, exist_ok=True)
     # Read by both loaders; edit it on the node to change kernel arguments.
     (grub / "grub.cfg").write_text(
-        "set timeout=1\n"
+        "set timeout=0\n"
         'menuentry "Debian GNU/Linux" {\n'
         f"  search --no-floppy --fs-uuid {root_uuid} --set=root\n"
         f"  linux /vmlinuz root=UUID={root_uuid} {KERNEL_ARGS}\n"
@@ -374,14 +423,20 @@ def _configure(root: Path, root_uuid: str) -> None:
     cloud.mkdir(parents=True, exist_ok=True)
     # Only the seed ztpd's agent writes (or a CIDATA volume); never probe cloud metadata services.
     modules = "".join(f"{stage}: [{', '.join(names)}]\n" for stage, names in CLOUD_MODULES.items())
-    # No DSA host key (OpenSSH refuses DSA by default): one key generation fewer at first boot.
     (cloud / "90-ztpd.cfg").write_text(
-        f"datasource_list: [NoCloud, None]\nssh_genkeytypes: [rsa, ecdsa, ed25519]\n{modules}"
+        f"datasource_list: [NoCloud, None]\nssh_genkeytypes: [{', '.join(SSH_KEY_TYPES)}]\n"
+        f"{modules}"
     )
     for unit in MASKED_UNITS:
         masked = root / "etc/systemd/system" / unit
         masked.unlink(missing_ok=True)
         masked.symlink_to("/dev/null")
+    # What the seed's ssh_pwauth: false asks for, already in place: cloud-init finds nothing
+    # to change and does not restart sshd (seconds under TCG).
+    sshd = root / "etc/ssh/sshd_config"
+    sshd.write_text(
+        re.sub(r"(?m)^#?PasswordAuthentication .*$", "PasswordAuthentication no", sshd.read_text())
+    )
     # Every node gets its own SSH host keys and machine id on first boot.
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
@@ -389,7 +444,13 @@ def _configure(root: Path, root_uuid: str) -> None:
     (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
     dropin = root / "etc/systemd/system/ssh.service.d"
     dropin.mkdir(parents=True, exist_ok=True)
-    (dropin / "ztpd-hostkeys.conf").write_text("[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n")
+    # Without cloud-init's keys (no seed), sshd still starts: the same types, made here.
+    keygen = "; ".join(
+        f"test -e /etc/ssh/ssh_host_{t}_key || ssh-keygen -q -t {t} -N '' "
+        f"-f /etc/ssh/ssh_host_{t}_key"
+        for t in SSH_KEY_TYPES
+    )
+    (dropin / "ztpd-hostkeys.conf").write_text(f'[Service]\nExecStartPre=/bin/sh -c "{keygen}"\n')
     # The tree is as up to date as /usr: no hwdb, ldconfig or sysusers rebuild on first boot
     # (ConditionNeedsUpdate= compares these stamps with /usr's mtime).
     for stamp in (root / "etc/.updated", root / "var/.updated"):
