@@ -273,7 +273,7 @@ class Lab:
             raise ZtpdError("lab: this host lacks " + "; ".join(problems))
         self._images()
         self.s.state.mkdir(parents=True, exist_ok=True)
-        accel, why = accelerator(self.s.state)
+        accel, why = accelerator(self.s.state, self.s.images_dir / "discovery" / "vmlinuz")
         self._say(f"accelerator: {accel} ({why})")
         lab = LabState(self.s.name, self.s.port, accel, vms, dhcp)
         listen = self._bind()  # before anything is built: a busy port fails early and cleanly
