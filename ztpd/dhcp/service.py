@@ -1,10 +1,13 @@
 """The DHCP service: sockets on the configured interfaces, delivery, limits, durable ACKs.
 
-The datagram callback only decodes, decides (in memory) and hands off; every store write runs
-in the writer thread (``writer.py``): a reply that depends on a lease change is sent only once
-that change is committed (group commit), so after ``kill -9`` no address can have been promised
-to two clients. Bad packets are logged (MAC, xid, reason), counted and dropped; nothing a client
-sends can stop the loop. ``counters`` is a Counter a /metrics endpoint can read.
+One thread serves DHCP: it waits for datagrams on every socket, decodes, decides (in memory)
+and sends the replies that need no store write, then commits the burst's lease changes in one
+transaction and sends the replies that waited for it (``writer.py``): no ACK before its COMMIT,
+so after ``kill -9`` no address can have been promised to two clients. Packets never cross a
+thread, so none waits for the GIL to be handed over between an event loop and a writer; the
+event loop only starts and stops the thread. Bad packets are logged (MAC, xid, reason), counted
+and dropped; nothing a client sends can stop the thread. ``counters`` is what a /metrics
+endpoint reads.
 """
 
 from __future__ import annotations
@@ -13,8 +16,12 @@ import asyncio
 import fcntl
 import ipaddress
 import logging
+import math
+import os
+import select
 import socket
 import struct
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -39,7 +46,7 @@ SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
 BROADCAST = "255.255.255.255"
 SIGHTING_REFRESH = 300.0  # seconds before an unchanged sighting is written again
 LIMITER_SIZE = 65_536  # MACs tracked by the rate limiter
-READ_BURST = 64  # datagrams read per wake-up
+READ_BURST = 64  # datagrams read from one socket before the burst's leases are committed
 MAX_DATAGRAM = 4096
 RCVBUF = 4 << 20  # absorbs bursts (a rack powering on) while a commit is in flight
 REPLY_COUNTER = {m: f"reply.{m.name.lower()}" for m in Msg}
@@ -107,8 +114,7 @@ class RateLimiter:
 
 
 class _Listener:
-    """One UDP socket (interface, port). The loop calls ``readable``, which drains up to
-    READ_BURST datagrams per wake-up: far cheaper than one loop iteration per packet."""
+    """One UDP socket (interface, port), read by the DHCP thread in bursts."""
 
     def __init__(self, service: DhcpService, iface: Interface, port: int) -> None:
         self.service = service
@@ -116,24 +122,22 @@ class _Listener:
         self.port = port
         self.sock = _udp_socket(iface.name, port)
 
-    def readable(self) -> None:
-        try:
-            for _ in range(READ_BURST):
-                try:
-                    data, addr = self.sock.recvfrom(MAX_DATAGRAM)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError as e:
-                    log.warning(
-                        "dhcp socket error interface=%s port=%d error=%s",
-                        self.iface.name,
-                        self.port,
-                        e,
-                    )
-                    return
-                self.service.received(data, Arrival(self.iface, addr[0], addr[1], self.port), self)
-        finally:
-            self.service.writer.kick()
+    def read(self) -> None:
+        """Handle up to READ_BURST datagrams, as many as are waiting."""
+        for _ in range(READ_BURST):
+            try:
+                data, addr = self.sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning(
+                    "dhcp socket error interface=%s port=%d error=%s",
+                    self.iface.name,
+                    self.port,
+                    e,
+                )
+                return
+            self.service.received(data, Arrival(self.iface, addr[0], addr[1], self.port), self)
 
     def sendto(self, data: bytes, to: tuple[str, int]) -> None:
         self.sock.sendto(data, to)
@@ -155,7 +159,7 @@ class DhcpService:
         self.backend = backend
         self.targets = targets
         self.clock = clock
-        self.counts: Counter[str] = Counter()  # the event loop's; the writer keeps its own
+        self.counts: Counter[str] = Counter()  # written by the DHCP thread only
         self.interfaces: list[Interface] = []
         self.book = LeaseBook(list(config.subnets))
         self.handler: Handler = (
@@ -164,11 +168,13 @@ class DhcpService:
             else ProxyHandler(targets)
         )
         self.limiter = RateLimiter(config.rate_limit.per_second, config.rate_limit.burst)
-        self.writer = Writer(backend)
+        self.writer = Writer(backend, self.counts)
         self._recent: dict[str, tuple[Sighting, float]] = {}
         self._listeners: list[_Listener] = []
         self._raw: dict[str, socket.socket] = {}
         self._own: frozenset[str] = frozenset()
+        self._wake: tuple[int, int] | None = None  # a pipe: a byte in it stops the thread
+        self._thread = threading.Thread(target=self._serve, name="dhcp", daemon=True)
 
     async def __aenter__(self) -> DhcpService:
         if self.config.mode == "off":
@@ -179,23 +185,21 @@ class DhcpService:
             self._close_sockets()
             self.backend.close()
             raise
-        self.writer.start()
+        self._thread.start()
         return self
 
     async def _open(self) -> None:
         self.interfaces = [interface(n) for n in self.config.interfaces]
         self._own = frozenset(i.address for i in self.interfaces)
         self.book.load(await asyncio.to_thread(self.backend.load_leases))
-        loop = asyncio.get_running_loop()
         ports = [SERVER_PORT, PXE_PORT] if self.config.mode == "proxy" else [SERVER_PORT]
+        self._wake = os.pipe()
         for iface in self.interfaces:
             raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
             self._raw[iface.name] = raw
             raw.bind((iface.name, 0))
             for port in ports:
-                listener = _Listener(self, iface, port)
-                self._listeners.append(listener)
-                loop.add_reader(listener.sock, listener.readable)
+                self._listeners.append(_Listener(self, iface, port))
             log.info(
                 "dhcp listening mode=%s interface=%s address=%s ports=%s",
                 self.config.mode,
@@ -207,32 +211,61 @@ class DhcpService:
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        # Stop reading, commit what is queued (its replies still go out), then close.
-        self._stop_reading()
-        await self.writer.close()
+        # The thread stops reading, commits what is queued (its replies still go out), and
+        # writes the pending sightings; then the sockets close.
+        if self._thread.is_alive() and self._wake is not None:
+            os.write(self._wake[1], b"x")
+            await asyncio.to_thread(self._thread.join)
         self._close_sockets()
         self.backend.close()
 
-    def _stop_reading(self) -> None:
-        loop = asyncio.get_running_loop()
-        for lst in self._listeners:
-            loop.remove_reader(lst.sock)
-
     def _close_sockets(self) -> None:
-        self._stop_reading()
         for lst in self._listeners:
             lst.sock.close()
         self._listeners.clear()
         for raw in self._raw.values():
             raw.close()
         self._raw.clear()
+        if self._wake is not None:
+            for fd in self._wake:
+                os.close(fd)
+            self._wake = None
+
+    # --- the DHCP thread ---------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        assert self._wake is not None
+        poller = select.poll()
+        by_fd = {lst.sock.fileno(): lst for lst in self._listeners}
+        for fd in (*by_fd, self._wake[0]):
+            poller.register(fd, select.POLLIN)
+        writer = self.writer
+        timeout: float | None = None
+        while True:
+            events = poller.poll(None if timeout is None else math.ceil(timeout * 1e3))
+            try:
+                for fd, _ in events:
+                    lst = by_fd.get(fd)
+                    if lst is None:  # the wake pipe: stop
+                        writer.flush()
+                        return
+                    lst.read()
+                now = time.monotonic()
+                if events:
+                    writer.last_packet = now
+                writer.commit()
+                timeout = writer.pace(now)
+            except Exception:  # a bug must cost a burst, never the service
+                log.exception("dhcp thread failed a burst")
+                self.counts["error.thread"] += 1
 
     # --- the hot path ------------------------------------------------------------------------
 
     @property
     def counters(self) -> Counter[str]:
-        """Packets and their outcomes so far (``received``, ``reply.ack``, ``drop.*`` ...)."""
-        return self.counts + self.writer.counters()
+        """Packets and their outcomes so far (``received``, ``reply.ack``, ``drop.*`` ...).
+        Safe from any thread: copying a dict is one C call, atomic under the GIL."""
+        return Counter(dict(self.counts))
 
     def _drop(self, reason: str, counter: str, mac: str, xid: int | None) -> None:
         self.counts[f"drop.{counter}"] += 1
@@ -302,8 +335,7 @@ class DhcpService:
             del self._recent[next(iter(self._recent))]
 
     def _send(self, req: Request, reply: Reply, at: Arrival, listener: _Listener) -> str:
-        """Encode and send ``reply``; the name of the counter to bump. Thread-safe (the writer
-        thread sends ACKs itself, straight after their commit): it only reads shared state."""
+        """Encode and send ``reply``; the name of the counter to bump."""
         try:
             data = codec.encode(reply)
         except ValueError as e:

@@ -1,25 +1,21 @@
-"""The DHCP writer: one thread that owns every DHCP write to the store.
+"""The DHCP store writes, run by the DHCP thread (``service.py``) between bursts of packets.
 
-Lease changes come first. Everything queued since the last commit is written in one
-transaction (group commit), and only then does this thread send the replies that depend on it:
-no hop back to the event loop (which may be busy reading a burst), and the kernel's share of
-sending runs beside the loop, on the other core. No ACK leaves before its lease is committed.
-Sightings (boot facts for the node records) are not on the ACK path: they are coalesced per
-MAC and written in small chunks while no lease is waiting, so a storm of new clients delays
-node bookkeeping, never an ACK. Writing a sighting is mostly Python (identity resolution,
-events, JSON), so it holds the GIL the event loop needs for every packet: while packets are
-flowing, sightings get at most SIGHTING_SHARE of the time; they catch up when traffic stops.
-One thread means the two kinds of write never contend for SQLite's write lock.
+Lease changes come first. Everything queued while a burst of packets was handled is written in
+one transaction (group commit), and only then are the replies that depend on it sent: no ACK
+leaves before its lease is committed. Sightings (boot facts for the node records) are not on
+the ACK path: they are coalesced per MAC and written in small chunks when no lease is waiting.
+Writing a sighting is mostly Python (identity resolution, events, JSON), time the DHCP thread
+does not spend answering, so while packets are flowing sightings get at most SIGHTING_SHARE of
+it; they catch up when traffic stops. Nothing here is shared with another thread: the DHCP
+thread is the only caller.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from itertools import islice
 
 from ztpd.dhcp.backend import DhcpBackend, Sighting
@@ -27,13 +23,12 @@ from ztpd.dhcp.leases import Lease
 
 log = logging.getLogger("ztpd.dhcp")
 
-MAX_BATCH = 512  # lease rows per commit
 SIGHTING_CHUNK = 4  # sightings per transaction: small, so a waiting lease is not held up long
-SIGHTING_SHARE = 0.05  # of the writer's time, for sightings, while packets are flowing
-BUSY = 0.2  # seconds since the last packet's hand-off during which packets count as flowing
+SIGHTING_SHARE = 0.05  # of the DHCP thread's time, for sightings, while packets are flowing
+BUSY = 0.2  # seconds since the last packet during which packets count as flowing
 MAX_PENDING_SIGHTINGS = 10_000  # beyond this, new MACs' sightings are dropped (and counted)
 
-Then = Callable[[], str]  # runs in the writer thread after the commit; a counter name
+Then = Callable[[], str]  # runs after the commit; the name of a counter to bump
 
 
 def merge(old: Sighting, new: Sighting) -> Sighting:
@@ -49,121 +44,78 @@ def merge(old: Sighting, new: Sighting) -> Sighting:
 
 
 class Writer:
-    """``start()`` runs the thread, ``submit``/``sight`` feed it from the event loop, ``kick()``
-    wakes it for what they queued, and ``close()`` writes what is queued and stops it."""
+    """``submit``/``sight`` queue; ``commit`` writes the queued leases and then runs their
+    replies; ``pace`` writes a chunk of sightings when they are due; ``flush`` writes all."""
 
-    def __init__(self, backend: DhcpBackend) -> None:
+    def __init__(self, backend: DhcpBackend, counts: Counter[str]) -> None:
         self.backend = backend
-        # Kept here, not posted to the loop: waking the loop per batch costs as much as a
-        # packet when batches are small.
-        self.counts: Counter[str] = Counter()
-        self.leases: deque[tuple[Sequence[Lease], Then | None]] = deque()
+        self.counts = counts
+        self.rows: list[Lease] = []
+        self.thens: list[Then] = []
         self.sightings: dict[str, Sighting] = {}  # by MAC, oldest first
-        self.lock = threading.Lock()  # guards ``sightings`` and ``counts`` (deques are atomic)
-        self.wake = threading.Event()
-        self.closing = False
         self.last_packet = 0.0  # time.monotonic() of the last submit or sight
         self.resume = 0.0  # time.monotonic() before which no sighting is written
-        self.thread = threading.Thread(target=self._run, name="dhcp-writer", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    async def close(self) -> None:
-        """Writes what is queued (and sends its replies), then stops."""
-        if not self.thread.is_alive():
-            return
-        self.closing = True
-        self.wake.set()
-        await asyncio.to_thread(self.thread.join)
-
-    # --- the event loop's side ---------------------------------------------------------------
 
     def submit(self, leases: Sequence[Lease], then: Then | None = None) -> None:
-        """Queue lease rows; ``then()`` runs in the writer thread once they are committed, and
-        never if the commit fails. It must be thread-safe; it returns a counter to bump."""
-        self.leases.append((leases, then))
-        self.last_packet = time.monotonic()
-
-    def counters(self) -> Counter[str]:
-        with self.lock:
-            return self.counts.copy()
+        """Queue lease rows; ``then()`` runs once they are committed, and never if the commit
+        fails."""
+        self.rows.extend(leases)
+        if then is not None:
+            self.thens.append(then)
 
     def sight(self, s: Sighting) -> bool:
         """Queue a sighting, merged with one still pending for the MAC; False when the
         backlog is full."""
-        with self.lock:
-            old = self.sightings.pop(s.mac, None)
-            if old is None and len(self.sightings) >= MAX_PENDING_SIGHTINGS:
-                return False
-            self.sightings[s.mac] = s if old is None else merge(old, s)
-        self.last_packet = time.monotonic()
+        old = self.sightings.pop(s.mac, None)
+        if old is None and len(self.sightings) >= MAX_PENDING_SIGHTINGS:
+            return False
+        self.sightings[s.mac] = s if old is None else merge(old, s)
         return True
 
-    def kick(self) -> None:
-        """Wake the thread for what was queued: once per burst of packets read, not per
-        packet, so that a burst's leases go in one commit and the thread (which then wants
-        the GIL) is woken once."""
-        if self.leases or self.sightings:
-            self.wake.set()
-
-    # --- the writer thread -------------------------------------------------------------------
-
-    def _count(self, counts: Mapping[str, int]) -> None:
-        with self.lock:
-            self.counts.update(counts)
-
-    def _run(self) -> None:
-        while True:
-            if self.leases:
-                self._commit_leases()
-                continue
-            pause = None  # wait until woken
-            if self.sightings:
-                pause = 0.0 if self.closing else self.resume - time.monotonic()
-                if pause <= 0:
-                    self._write_sightings()
-                    continue
-            elif self.closing:
-                return
-            self.wake.wait(pause)
-            self.wake.clear()  # whatever woke us is found by the checks above
-
-    def _commit_leases(self) -> None:
-        thens: list[Then] = []
-        rows: list[Lease] = []
-        while self.leases and len(rows) < MAX_BATCH:
-            items, then = self.leases.popleft()
-            rows.extend(items)
-            if then is not None:
-                thens.append(then)
+    def commit(self) -> None:
+        """Write the queued leases in one transaction, then run their replies."""
+        if not self.rows:
+            return
+        rows, thens = self.rows, self.thens
+        self.rows, self.thens = [], []
         try:
             self.backend.save_leases(rows)
         except Exception:  # a failed commit costs this batch its replies, not the service
             log.exception("dhcp lease commit failed rows=%d", len(rows))
-            self._count({"error.leases": 1})
+            self.counts["error.leases"] += 1
             return
-        counts: Counter[str] = Counter({"leases.committed": len(rows)})
+        counts = self.counts
+        counts["leases.committed"] += len(rows)
         for then in thens:
             try:
                 counts[then()] += 1
-            except Exception:  # a bug in one reply must not stop the thread every ACK needs
+            except Exception:  # a bug in one reply must not cost the others theirs
                 log.exception("dhcp reply after commit failed")
                 counts["error.send"] += 1
-        self._count(counts)
 
-    def _write_sightings(self) -> None:
-        start = time.monotonic()
-        with self.lock:
-            macs = list(islice(self.sightings, SIGHTING_CHUNK))
-            chunk = [self.sightings.pop(mac) for mac in macs]
+    def pace(self, now: float) -> float | None:
+        """Write a chunk of sightings if they are due at ``now`` (time.monotonic()); the
+        seconds until the next chunk is due, None when none is pending."""
+        if self.sightings and now >= self.resume:
+            self._write_sightings(now)
+        if not self.sightings:
+            return None
+        return max(0.0, self.resume - time.monotonic())
+
+    def flush(self) -> None:
+        """Write everything queued (at shutdown)."""
+        self.commit()
+        while self.sightings:
+            self._write_sightings(time.monotonic())
+
+    def _write_sightings(self, start: float) -> None:
+        chunk = [self.sightings.pop(mac) for mac in list(islice(self.sightings, SIGHTING_CHUNK))]
         try:
             self.backend.record_sightings(chunk)
-            counts = {"sightings.recorded": len(chunk)}
+            self.counts["sightings.recorded"] += len(chunk)
         except Exception:  # a failed write loses these sightings, nothing else
             log.exception("dhcp sighting write failed count=%d", len(chunk))
-            counts = {"error.sightings": 1}
-        self._count(counts)
+            self.counts["error.sightings"] += 1
         end = time.monotonic()
         if end - self.last_packet < BUSY:
             self.resume = end + (end - start) * (1 - SIGHTING_SHARE) / SIGHTING_SHARE
