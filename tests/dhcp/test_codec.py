@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from scapy.layers.dhcp import BOOTP, DHCP
 
 from ztpd.dhcp import codec, refcodec
-from ztpd.dhcp.packet import Msg, Reply
+from ztpd.dhcp.packet import Msg, Network, Reply
 
 MAC = bytes.fromhex("020000000001")
 
@@ -191,10 +191,19 @@ replies = st.builds(
     file=st.text("abcdefghijklmnopqrstuvwxyz0123456789./:-", max_size=120),
     server_id=st.ip_addresses(v=4).map(str),
     lease_time=st.none() | st.integers(0, 2**32 - 1),
-    subnet_mask=st.none() | st.just("255.255.255.0"),
-    routers=st.lists(st.ip_addresses(v=4).map(str), max_size=3).map(tuple),
-    dns=st.lists(st.ip_addresses(v=4).map(str), max_size=3).map(tuple),
-    domain=st.none() | st.text("abcdefghijklmnopqrstuvwxyz.", min_size=1, max_size=30),
+    hostname=st.none() | st.text("abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=30),
+    network=st.none()
+    | st.builds(
+        Network,
+        subnet_mask=st.none() | st.just("255.255.255.0"),
+        routers=st.lists(st.ip_addresses(v=4).map(str), max_size=3).map(tuple),
+        dns=st.lists(st.ip_addresses(v=4).map(str), max_size=3).map(tuple),
+        domain=st.none() | st.text("abcdefghijklmnopqrstuvwxyz.", min_size=1, max_size=30),
+        ntp=st.lists(st.ip_addresses(v=4).map(str), max_size=2).map(tuple),
+        extra=st.dictionaries(  # site-specific codes, which scapy keeps as raw bytes
+            st.integers(224, 254), st.binary(min_size=1, max_size=20), max_size=2
+        ).map(lambda d: tuple(d.items())),
+    ).flatmap(lambda n: st.sampled_from([n, codec.with_wire(n)])),  # encoded once, or now
     vendor_class=st.none() | st.sampled_from(["PXEClient", "HTTPClient"]),
     ipxe=st.none() | st.just(b"\xb0\x01\x01"),
     relay_agent=st.none() | st.binary(min_size=3, max_size=20),
@@ -206,6 +215,7 @@ replies = st.builds(
 def test_scapy_reads_every_reply_to_the_same_fields(r: Reply) -> None:
     f = refcodec.parse(codec.encode(r))
     h, o = f.header, f.options
+    n = r.network or Network()
     assert (h["op"], h["xid"], h["flags"], h["yiaddr"], h["siaddr"], h["giaddr"]) == (
         2,
         r.xid,
@@ -216,11 +226,13 @@ def test_scapy_reads_every_reply_to_the_same_fields(r: Reply) -> None:
     )
     assert h["chaddr"][:6] == r.chaddr and h["file"].rstrip(b"\0").decode() == r.file
     assert o[53] == r.message_type and o[54] == r.server_id
-    assert o.get(51) == r.lease_time and o.get(1) == r.subnet_mask
-    for code, values in ((3, r.routers), (6, r.dns)):
+    assert (o.get(51), o.get(58), o.get(59)) == (r.lease_time, r.renewal_time, r.rebinding_time)
+    assert o.get(1) == n.subnet_mask and o.get(12, b"").decode() == (r.hostname or "")
+    for code, values in ((3, n.routers), (6, n.dns), (42, n.ntp)):
         got = o.get(code, [])
         assert ([got] if isinstance(got, str) else got) == list(values)
-    assert o.get(15, b"").decode() == (r.domain or "")
+    assert o.get(15, b"").decode() == (n.domain or "")
+    assert all(o.get(code) == value for code, value in n.extra)
     assert o.get(60, b"").decode() == (r.vendor_class or "")
     assert o.get(67, b"").decode() == r.file
     assert o.get(175) == r.ipxe and o.get(82) == r.relay_agent
@@ -282,7 +294,9 @@ def test_fuzz_decoder_never_raises_anything_else(seed: int) -> None:
 
 
 def test_encode_refuses_more_than_the_client_accepts() -> None:
-    big = Reply(Msg.ACK, 1, MAC, extra=tuple((200 + i, bytes(250)) for i in range(3)))
+    big = Reply(
+        Msg.ACK, 1, MAC, network=Network(extra=tuple((200 + i, bytes(250)) for i in range(3)))
+    )
     with pytest.raises(ValueError, match="maximum size"):
         codec.encode(big)
     assert len(codec.encode(Reply(Msg.ACK, 1, MAC))) == codec.MIN_REPLY

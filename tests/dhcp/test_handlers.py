@@ -124,7 +124,8 @@ def test_full_exchange_options_reservation_and_exhaustion() -> None:
     ack = h.handle(req(Msg.REQUEST, mac="02:00:00:00:00:99", requested_ip="10.0.0.50"), AT, NOW)
     assert isinstance(ack, Outcome) and ack.reply is not None
     r = ack.reply
-    assert (r.hostname, r.routers, r.subnet_mask, r.extra) == (
+    assert r.network is not None and r.network.wire  # encoded once, for the whole subnet
+    assert (r.hostname, r.network.routers, r.network.subnet_mask, r.network.extra) == (
         "r1",
         ("10.0.0.1",),
         "255.255.255.0",

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from ztpd.dhcp.leases import Lease
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # read-only by convention; made per packet, frozen costs ~2 µs more
 class Sighting:
     """What one DHCP request said about a machine, to be recorded on its node."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from dataclasses import replace
 
 from ztpd.dhcp.packet import (
     BOOTREPLY,
@@ -19,6 +20,7 @@ from ztpd.dhcp.packet import (
     RELAY_CIRCUIT_ID,
     RELAY_LINK_SELECTION,
     RELAY_REMOTE_ID,
+    Network,
     Op,
     Reply,
     Request,
@@ -43,8 +45,12 @@ class DecodeError(BadRequest):
         self.xid = xid
 
 
+ZERO = "0.0.0.0"
+ZERO4 = bytes(4)
+
+
 def _ip(b: bytes) -> str:
-    return socket.inet_ntoa(b)
+    return ZERO if b == ZERO4 else socket.inet_ntoa(b)
 
 
 # Options whose value has a fixed size: a second instance is a duplicate, never the rest of a
@@ -61,6 +67,7 @@ SINGLE = frozenset(
 )
 SNAME, FILE = (44, 108), (108, 236)  # where the BOOTP sname and file fields lie in a packet
 OVERLOAD_FIELDS = {1: (FILE,), 2: (SNAME,), 3: (FILE, SNAME)}  # RFC 3396 §5: file, then sname
+IP_OPTIONS = frozenset({Op.REQUESTED_IP, Op.SERVER_ID, Op.SUBNET_SELECTION})  # one address each
 CLIENT_MSG = {int(m): m for m in CLIENT_MESSAGES}  # Msg(n) costs an enum lookup per packet
 
 
@@ -180,14 +187,16 @@ def decode(data: bytes) -> Request:
     if msg is None:
         raise DecodeError(f"not a client message type {mt[0]}", mac=mac, xid=xid)
 
-    def ip_opt(code: int) -> str | None:
-        raw = by.get(code)
-        if raw is None:
-            return None
-        if len(raw) != 4:
+    requested = server_id = subnet_selection = None
+    for code in IP_OPTIONS.intersection(by):
+        if len(addr := by[code]) != 4:
             raise DecodeError(f"option {code} is not one address", mac=mac, xid=xid)
-        return _ip(raw)
-
+        if code == Op.REQUESTED_IP:
+            requested = _ip(addr)
+        elif code == Op.SERVER_ID:
+            server_id = _ip(addr)
+        else:
+            subnet_selection = _ip(addr)
     arch: tuple[int, ...] = ()
     if (raw := by.get(Op.CLIENT_ARCH)) is not None:
         if len(raw) % 2 or not raw:
@@ -225,8 +234,8 @@ def decode(data: bytes) -> Request:
         siaddr=_ip(siaddr),
         giaddr=_ip(giaddr),
         chaddr=chaddr,
-        requested_ip=ip_opt(Op.REQUESTED_IP),
-        server_id=ip_opt(Op.SERVER_ID),
+        requested_ip=requested,
+        server_id=server_id,
         hostname=_text(by[Op.HOSTNAME]) if Op.HOSTNAME in by else None,
         param_list=tuple(by.get(Op.PARAM_LIST, b"")),
         max_size=max_size,
@@ -237,7 +246,7 @@ def decode(data: bytes) -> Request:
         remote_id=remote,
         relay_agent=relay,
         link_selection=link,
-        subnet_selection=ip_opt(Op.SUBNET_SELECTION),
+        subnet_selection=subnet_selection,
         client_arch=arch,
         client_ndi=by.get(Op.CLIENT_NDI),
         client_uuid=by.get(Op.CLIENT_UUID),
@@ -250,80 +259,103 @@ def _ips(values: tuple[str, ...] | list[str]) -> bytes:
     return b"".join(socket.inet_aton(v) for v in values)
 
 
-def reply_options(r: Reply) -> list[tuple[int, bytes]]:
-    """The options of ``r`` in wire order, message type first (some ROMs insist)."""
-    u32 = struct.Struct("!I").pack
-    opts: list[tuple[int, bytes]] = [(Op.MESSAGE_TYPE, bytes((r.message_type,)))]
-    if r.server_id:
-        opts.append((Op.SERVER_ID, socket.inet_aton(r.server_id)))
-    if r.lease_time is not None:
-        opts.append((Op.LEASE_TIME, u32(r.lease_time)))
-    if r.renewal_time is not None:
-        opts.append((Op.RENEWAL_TIME, u32(r.renewal_time)))
-    if r.rebinding_time is not None:
-        opts.append((Op.REBINDING_TIME, u32(r.rebinding_time)))
-    if r.subnet_mask:
-        opts.append((Op.SUBNET_MASK, socket.inet_aton(r.subnet_mask)))
-    if r.routers:
-        opts.append((Op.ROUTER, _ips(r.routers)))
-    if r.dns:
-        opts.append((Op.DNS, _ips(r.dns)))
-    if r.hostname:
-        opts.append((Op.HOSTNAME, r.hostname.encode()))
-    if r.domain:
-        opts.append((Op.DOMAIN, r.domain.encode()))
-    if r.ntp:
-        opts.append((Op.NTP, _ips(r.ntp)))
-    if r.message:
-        opts.append((Op.MESSAGE, r.message.encode()))
-    if r.vendor_class:
-        opts.append((Op.VENDOR_CLASS, r.vendor_class.encode()))
-    if r.vendor_opts is not None:
-        opts.append((Op.VENDOR_OPTS, r.vendor_opts))
-    if r.file:
-        opts.append((Op.BOOTFILE, r.file.encode()))
-    if r.client_uuid is not None:
-        opts.append((Op.CLIENT_UUID, r.client_uuid))
-    if r.ipxe is not None:
-        opts.append((Op.IPXE, r.ipxe))
-    opts.extend(r.extra)
-    if r.relay_agent is not None:  # RFC 3046: last, so a relay can strip it easily
-        opts.append((Op.RELAY_AGENT, r.relay_agent))
-    return opts
+def _tlv(code: int, value: bytes) -> bytes:
+    if len(value) > 255:
+        raise ValueError(f"option {code} is longer than 255 bytes")
+    return bytes((code, len(value))) + value
+
+
+def _network_wire(n: Network) -> bytes:
+    out = bytearray()
+    if n.subnet_mask:
+        out += _tlv(Op.SUBNET_MASK, socket.inet_aton(n.subnet_mask))
+    for code, ips in ((Op.ROUTER, n.routers), (Op.DNS, n.dns)):
+        if ips:
+            out += _tlv(code, _ips(ips))
+    if n.domain:
+        out += _tlv(Op.DOMAIN, n.domain.encode())
+    if n.ntp:
+        out += _tlv(Op.NTP, _ips(n.ntp))
+    for code, value in n.extra:
+        out += _tlv(code, value)
+    return bytes(out)
+
+
+def with_wire(n: Network) -> Network:
+    """``n`` with its options encoded once, for every reply that carries it."""
+    return replace(n, wire=_network_wire(n))
+
+
+# The header up to chaddr; then sname and file, then the cookie.
+HEAD = struct.Struct("!BBBBIHH4s4s4s4s16s")
+EMPTY_NAMES = bytes(64 + 128) + MAGIC_COOKIE  # no sname, no file: most replies
+LEASE_TIMES = struct.Struct("!BBIBBIBBI")  # options 51, 58, 59
+
+
+def _aton(ip: str) -> bytes:
+    return ZERO4 if ip == ZERO else socket.inet_aton(ip)
 
 
 def encode(r: Reply) -> bytes:
-    """Reply → wire bytes. Raises ValueError if it cannot fit the client's maximum size."""
-    file = r.file.encode()
-    header = HEADER.pack(
-        BOOTREPLY,
-        r.htype,
-        r.hlen,
-        0,
-        r.xid,
-        0,
-        r.flags,
-        socket.inet_aton(r.ciaddr),
-        socket.inet_aton(r.yiaddr),
-        socket.inet_aton(r.siaddr),
-        socket.inet_aton(r.giaddr),
-        r.chaddr.ljust(16, b"\0")[:16],
-        r.sname.encode()[:63].ljust(64, b"\0"),
-        # A URL too long for the field travels in option 67 only.
-        file.ljust(128, b"\0") if len(file) < 128 else bytes(128),
-        MAGIC_COOKIE,
+    """Reply → wire bytes: the per-client fields, then the subnet's pre-encoded options.
+    Raises ValueError if it cannot fit the client's maximum size."""
+    body = bytearray(
+        HEAD.pack(
+            BOOTREPLY,
+            r.htype,
+            r.hlen,
+            0,
+            r.xid,
+            0,
+            r.flags,
+            _aton(r.ciaddr),
+            _aton(r.yiaddr),
+            _aton(r.siaddr),
+            _aton(r.giaddr),
+            r.chaddr[:16].ljust(16, b"\0"),
+        )
     )
-    body = bytearray(header)
-    for code, value in reply_options(r):
-        if len(value) > 255:
-            raise ValueError(f"option {code} is longer than 255 bytes")
-        body += bytes((code, len(value)))
-        body += value
+    file = r.file.encode()
+    if r.sname or 0 < len(file) < 128:
+        body += r.sname.encode()[:63].ljust(64, b"\0")
+        # A URL too long for the field travels in option 67 only.
+        body += file.ljust(128, b"\0") if len(file) < 128 else bytes(128)
+        body += MAGIC_COOKIE
+    else:
+        body += EMPTY_NAMES
+    # Message type first (some ROMs insist), option 82 last (RFC 3046: a relay strips it).
+    body += bytes((Op.MESSAGE_TYPE, 1, r.message_type))
+    if r.server_id:
+        body += bytes((Op.SERVER_ID, 4)) + socket.inet_aton(r.server_id)
+    if (t := r.lease_time) is not None:
+        body += LEASE_TIMES.pack(
+            Op.LEASE_TIME, 4, t, Op.RENEWAL_TIME, 4, t // 2, Op.REBINDING_TIME, 4, t * 7 // 8
+        )
+    if r.hostname:
+        body += _tlv(Op.HOSTNAME, r.hostname.encode())
+    if (n := r.network) is not None:
+        body += n.wire or _network_wire(n)
+    if r.message:
+        body += _tlv(Op.MESSAGE, r.message.encode())
+    if r.vendor_class:
+        body += _tlv(Op.VENDOR_CLASS, r.vendor_class.encode())
+    if r.vendor_opts is not None:
+        body += _tlv(Op.VENDOR_OPTS, r.vendor_opts)
+    if file:
+        body += _tlv(Op.BOOTFILE, file)
+    if r.client_uuid is not None:
+        body += _tlv(Op.CLIENT_UUID, r.client_uuid)
+    if r.ipxe is not None:
+        body += _tlv(Op.IPXE, r.ipxe)
+    if r.relay_agent is not None:
+        body += _tlv(Op.RELAY_AGENT, r.relay_agent)
     body.append(Op.END)
     # max_size counts the IP and UDP headers too (RFC 2132 §9.10).
     if len(body) + 28 > max(r.max_size, 576):
         raise ValueError(f"reply of {len(body)} bytes exceeds the client's maximum size")
-    return bytes(body.ljust(MIN_REPLY, b"\0"))
+    if len(body) < MIN_REPLY:
+        body += bytes(MIN_REPLY - len(body))
+    return bytes(body)
 
 
 def _checksum(data: bytes) -> int:

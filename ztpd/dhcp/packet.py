@@ -8,7 +8,7 @@ number in a comment; options without a field of their own travel in ``extra`` by
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 BOOTREQUEST = 1
 BOOTREPLY = 2
@@ -153,6 +153,21 @@ class Request:
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+@dataclass(frozen=True)
+class Network:
+    """The options every grant in one subnet carries: built once per subnet, shared by its
+    replies. ``wire`` is the same options encoded (``codec.with_wire``), so a reply costs only
+    its per-client fields; empty, the codec encodes the fields."""
+
+    subnet_mask: str | None = None  # option 1
+    routers: tuple[str, ...] = ()  # option 3
+    dns: tuple[str, ...] = ()  # option 6
+    domain: str | None = None  # option 15
+    ntp: tuple[str, ...] = ()  # option 42
+    extra: tuple[tuple[int, bytes], ...] = ()  # configured options by number
+    wire: bytes = b""
+
+
 @dataclass(slots=True)
 class Reply:
     """What to put in one BOOTREPLY; the codec turns it into bytes."""
@@ -170,20 +185,21 @@ class Reply:
     sname: str = ""
     file: str = ""  # BOOTP file field; also sent as option 67 so long URLs fit
     server_id: str | None = None  # option 54
-    lease_time: int | None = None  # option 51
-    renewal_time: int | None = None  # option 58
-    rebinding_time: int | None = None  # option 59
-    subnet_mask: str | None = None  # option 1
-    routers: tuple[str, ...] = ()  # option 3
-    dns: tuple[str, ...] = ()  # option 6
+    lease_time: int | None = None  # option 51; T1 (58) and T2 (59) are 1/2 and 7/8 of it
     hostname: str | None = None  # option 12
-    domain: str | None = None  # option 15
-    ntp: tuple[str, ...] = ()  # option 42
+    network: Network | None = None  # options 1, 3, 6, 15, 42 and the configured ones
     vendor_opts: bytes | None = None  # option 43 (PXE sub-options in proxy replies)
     message: str | None = None  # option 56 (why a NAK)
     vendor_class: str | None = None  # option 60 (PXEClient / HTTPClient echo)
     relay_agent: bytes | None = None  # option 82, echoed from the request
     client_uuid: bytes | None = None  # option 97, echoed to PXE clients
     ipxe: bytes | None = None  # option 175 (iPXE encapsulated settings)
-    extra: tuple[tuple[int, bytes], ...] = field(default=())  # configured options by number
     max_size: int = 576  # the client's option 57, bounded; the codec never exceeds it
+
+    @property
+    def renewal_time(self) -> int | None:  # option 58, T1
+        return None if self.lease_time is None else self.lease_time // 2
+
+    @property
+    def rebinding_time(self) -> int | None:  # option 59, T2
+        return None if self.lease_time is None else self.lease_time * 7 // 8
