@@ -67,9 +67,21 @@ class SqliteBackend:
 
     def record_sightings(self, sightings: Sequence[Sighting]) -> None:
         with self.writes.transaction():
+            # One query finds which of the MACs that may only update a node have one: most
+            # relayed clients that do not network-boot are not nodes (a MAC from the codec is
+            # already in node_macs' form).
+            only = [s.mac for s in sightings if not s.creates]
+            marks = ", ".join("?" * len(only))
+            nodes = {
+                r["mac"]
+                for r in self.writes.query(
+                    f"SELECT mac FROM node_macs WHERE mac IN ({marks})",
+                    tuple(only),
+                )
+            }
             for s in sightings:
                 try:
-                    if not s.creates and self.nodes.by_mac(s.mac) is None:
+                    if not s.creates and s.mac not in nodes:
                         continue
                     node = self.nodes.observe(
                         Identity.of(macs=[s.mac], uuid=s.uuid),
