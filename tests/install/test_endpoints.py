@@ -266,6 +266,9 @@ async def test_firstboot_needs_a_host_key(env: Env) -> None:
     base = await pxe(env, "52:54:00:00:00:0e")
     assert (await env.post(base + "firstboot", data={"hostname": "x"}))[0] == 400
     assert (await env.post(base + "firstboot", data={"pub_key_rsa": "not a key"}))[0] == 400
+    # phone_home's "N/A" for a key type the image does not make is no key, not a bad one.
+    status, text = await env.post(base + "firstboot", data={"pub_key_rsa": "N/A"})
+    assert status == 400 and "no SSH host key" in text
     status, _ = await env.post(base + "firstboot", json={"ssh_host_keys": [HOST_KEY]})
     assert status == 200 and env.node(node_id)["state"] == "deployed"
 
