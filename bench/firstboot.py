@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.boot.conftest import free_tcp_port  # noqa: E402
 from tests.install.conftest import MIRRORS, TEMPLATES, example_os, inventory  # noqa: E402
+from ztpd.http.install import _host_keys  # noqa: E402
 from ztpd.install.render import Renderer, Target  # noqa: E402
 from ztpd.lab.vm import DISK_OPTS, OVMF_CODE, OVMF_VARS, QEMU  # noqa: E402
 from ztpd.model import Node  # noqa: E402
@@ -213,8 +214,17 @@ async def boot(cmd: list[str], port: int, log: Path) -> float | None:
     callback: list[float] = []
 
     async def firstboot(request: web.Request) -> web.Response:
-        await request.read()
-        if request.path.endswith("/firstboot") and not callback:
+        form = dict(await request.post())
+        if not request.path.endswith("/firstboot"):
+            return web.Response(status=404)
+        # ztpd's own reading of the callback: a post it would refuse is no callback here.
+        try:
+            if not _host_keys(form):
+                raise ValueError("no SSH host key")
+        except ValueError as e:
+            print(f"callback refused: {e}", file=sys.stderr)
+            return web.Response(status=400, text=str(e))
+        if not callback:
             callback.append(time.monotonic() - start)
         return web.Response(text="ok")
 
