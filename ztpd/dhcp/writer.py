@@ -97,7 +97,7 @@ class Writer:
         """Write a chunk of sightings if they are due at ``now`` (time.monotonic()); the
         seconds until the next chunk is due, None when none is pending."""
         if self.sightings and now >= self.resume:
-            self._write_sightings(now)
+            self._write_sightings(time.monotonic())
         if not self.sightings:
             return None
         return max(0.0, self.resume - time.monotonic())
