@@ -22,9 +22,10 @@ timeout, never in a second write)::
 ``disk`` is what ``rootdisk.choose`` picks from the node's latest inventory with the profile's
 ``os.root_disk`` hints and ``min_size`` raised to ``disk_bytes``; the agent finds it by serial,
 else WWN, else kernel name. It zeroes ``[0, disk_bytes)`` of that disk in one request
-(``fallocate --zero-range``: BLKZEROOUT, offloaded on QEMU and NVMe) and writes the image with
-``dd conv=sparse``, which skips the image's all-zero blocks; the sha256 is of the stream served. No fitting disk, or an image that is not registered, fails the node
-with the reason instead (the agent is told ``wait``). The seed URL carries a fresh ``install``
+(``fallocate --zero-range``: the kernel's zero-out, as BLKZEROOUT; offloaded on QEMU and NVMe)
+and writes the image with ``dd conv=sparse``, which skips the image's all-zero blocks; the
+sha256 is of the stream served. No fitting disk, or an image that is not registered, fails the
+node with the reason instead (the agent is told ``wait``). The seed URL carries a fresh ``install``
 token: the agent fetches ``user-data``, ``meta-data`` and ``network-config`` from it into the
 image's ``/var/lib/cloud/seed/nocloud/``, and the installed system's first boot posts its SSH
 host keys to ``<seed_url>firstboot`` (``ztpd.http.install``): only then is the node deployed.
