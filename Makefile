@@ -46,15 +46,16 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-# Everything but the image-deploy end-to-end tests, which take tens of minutes under TCG on two
-# cores (over the CI budget): `make e2e` runs those.
+# Everything, the lab's end-to-end run (marker e2e) included, but the image-deploy VM tests of
+# tests/install (marker deploy), which take tens of minutes under TCG on two cores.
 test: deps lint typecheck images os-image
 	$(BIN)/pytest -p no:cacheprovider -m "not deploy" tests
 
-# The end-to-end deploy suite: QEMU VMs from power-on to deployed and a disk boot, in the lab and
-# through a bare ztpd serve (root; images from `make images os-image`); timings in test-artifacts/.
+# Only the end-to-end tests: the lab's (QEMU VMs from power-on to deployed and a disk boot) and
+# the image-deploy VM tests through a bare ztpd serve (root; images from `make images os-image`);
+# timings in test-artifacts/e2e-timings.json.
 e2e: deps images os-image
-	$(BIN)/pytest -p no:cacheprovider -m deploy tests
+	$(BIN)/pytest -p no:cacheprovider -m "e2e or deploy" tests
 
 # iPXE loaders from Debian's ipxe package into images/ (re-runs offline from images/cache/).
 images: venv discovery-image
