@@ -39,7 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.boot.test_vm import router_advertisements  # noqa: E402
+from tests.daemon import router_advertisements  # noqa: E402
 from tests.discovery.pxe import (  # noqa: E402
     DISCOVERY_ARGS,
     PORT,

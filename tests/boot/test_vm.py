@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from tests.daemon import LanServer, router_advertisements, serve_on_lan
+from tests.daemon import LanServer, serve_on_lan
 from tests.netns import Lan, lan, require, wait_for
 
-__all__ = ["lan", "router_advertisements"]
+__all__ = ["lan"]
 
 pytestmark = [pytest.mark.netns, pytest.mark.vm, pytest.mark.slow]
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.boot.test_vm import router_advertisements
-from tests.daemon import REPO, write_config, ztpd_cmd
-from tests.netns import Lan, Netns, wait_for
+from tests.daemon import LAN_HTTP_PORT, REPO, serve_on_lan
+from tests.netns import Lan, Netns
 from ztpd.lab.vm import BIOS_NIC_ROM, VmFiles, VmSpec, missing_tools, prepare, qemu_argv
 
+SUBNET = "10.79.0.0/24"
 SERVER = "10.79.0.1"
-PORT = 8080
+PORT = LAN_HTTP_PORT
 LOADERS = ("undionly.kpxe", "ipxe.efi", "snponly.efi")
 # What ztpd's boot script adds for discovery VMs: the serial console (quiet: TCG makes every
 # console line slow) and a heartbeat short enough for the silence tests.
@@ -91,45 +91,18 @@ def serve(
     """``ztpd serve`` in ``lan``'s new server namespace, an empty profiles directory (a node
     ends ``unmatched``: no install starts), ``args`` on the discovery kernel's command line;
     ``sections`` override config sections."""
-    srv = lan.host("srv", f"{SERVER}/24")
-    router_advertisements(srv)  # else iPXE waits ~15 s for IPv6 autoconfiguration
     (tmp / "profiles").mkdir()
-    config = write_config(
-        tmp / "ztpd.yaml",
+    with serve_on_lan(
+        lan,
         tmp,
+        SUBNET,
         images_dir=str(images(tmp, discovery)),
         profiles_dir=str(tmp / "profiles"),
-        http={"listen": [SERVER], "port": PORT, "auth": {"anonymous_read": True}},
-        dhcp={
-            "mode": "full",
-            "interfaces": ["eth0"],
-            "subnets": [
-                {
-                    "subnet": "10.79.0.0/24",
-                    "pools": [{"start": "10.79.0.100", "end": "10.79.0.150"}],
-                    "router": SERVER,
-                }
-            ],
-        },
+        http={"auth": {"anonymous_read": True}},
         boot={"discovery_args": args},
         **sections,
-    )
-    with (tmp / "ztpd.log").open("wb") as out:
-        proc = srv.popen(ztpd_cmd("serve", "--config", str(config)), stdout=out, cwd=REPO)
-    site = Site(lan, srv, tmp, proc)
-    healthz = ["curl", "-sf", "--max-time", "2", f"http://{SERVER}:{PORT}/healthz"]
-    wait_for(
-        lambda: proc.poll() is not None or srv.run(healthz, check=False).returncode == 0,
-        "ztpd to answer /healthz",
-        timeout=60,
-        step=0.2,
-    )
-    if proc.poll() is not None:
-        raise AssertionError(f"ztpd exited {proc.returncode}:\n{site.log()}")
-    try:
-        yield site
-    finally:
-        srv.stop(proc)
+    ) as server:
+        yield Site(lan, server.ns, tmp, server.proc)
 
 
 def start_vm(

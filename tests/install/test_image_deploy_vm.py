@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.boot.test_vm import router_advertisements
+from tests.daemon import serve_on_lan
 from tests.discovery.conftest import build_image
 from tests.netns import Lan, Netns, lan, require, wait_for
 from ztpd.identity import Identity
@@ -155,64 +155,24 @@ def site(lan: Lan, tmp_path: Path, image: osimage.OsImage, discovery_image: Path
     profiles.mkdir()
     for priority, (serial, (name, img, hints, _)) in enumerate(MACHINES.items(), start=10):
         (profiles / f"{name}.yaml").write_text(profile(name, serial, img, hints, priority))
-    server = lan.host("srv", f"{SERVER}/24")
-    router_advertisements(server)
-    config = tmp_path / "ztpd.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "state_dir": str(tmp_path),
-                "images_dir": str(images),
-                "templates_dir": str(ROOT / "boot-templates"),
-                "profiles_dir": str(profiles),
-                "log": {"level": "info"},
-                "http": {"listen": [SERVER], "port": 8080},
-                "tftp": {"enabled": True, "listen": [SERVER], "port": 69},
-                "boot": {
-                    "discovery_args": "console=ttyS0,115200n8 ztpd.heartbeat=3 ztpd.lldp_wait=1"
-                },
-                "lifecycle": {"sweep_interval": 1},
-                "dhcp": {
-                    "mode": "full",
-                    "interfaces": ["eth0"],
-                    # Debian's (2019) ipxe.efi does not hand OVMF back its boot order on exit
-                    # (it hangs or resets); snponly.efi does, so the disk boots after it (and
-                    # after OVMF's HTTP boot entry, which gets the same loader).
-                    "boot": {
-                        "files": {"uefi-x86_64": "snponly.efi", "uefi-x86_64-http": "snponly.efi"}
-                    },
-                    "subnets": [
-                        {
-                            "subnet": SUBNET,
-                            "pools": [{"start": "10.79.0.100", "end": "10.79.0.150"}],
-                            "router": SERVER,
-                        }
-                    ],
-                },
-            }
-        )
-    )
-    with (tmp_path / "ztpd.log").open("wb") as out:
-        proc = server.popen(
-            [sys.executable, "-m", "ztpd", "serve", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    log = tmp_path / "ztpd.log"
-    try:
-        wait_for(
-            lambda: "logger=ztpd.app ready" in log.read_text() or proc.poll() is not None,
-            "ztpd to start",
-            timeout=60,
-        )
-        assert proc.poll() is None, log.read_text()
+    with serve_on_lan(
+        lan,
+        tmp_path,
+        SUBNET,
+        images_dir=str(images),
+        profiles_dir=str(profiles),
+        boot={"discovery_args": "console=ttyS0,115200n8 ztpd.heartbeat=3 ztpd.lldp_wait=1"},
+        lifecycle={"sweep_interval": 1},
+        # Debian's (2019) ipxe.efi does not hand OVMF back its boot order on exit (it hangs or
+        # resets); snponly.efi does, so the disk boots after it (and after OVMF's HTTP boot
+        # entry, which gets the same loader).
+        dhcp={"boot": {"files": {"uefi-x86_64": "snponly.efi", "uefi-x86_64-http": "snponly.efi"}}},
+    ) as server:
         store = Store(tmp_path / "ztpd.db")
         try:
-            yield Site(server, lan, tmp_path, proc, store)
+            yield Site(server.ns, lan, tmp_path, server.proc, store)
         finally:
             store.close()
-    finally:
-        server.stop(proc)
 
 
 @dataclass
