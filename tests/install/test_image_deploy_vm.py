@@ -18,6 +18,7 @@ by ztpd before anything is written; ``failed`` with the reason)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ import yaml
 from tests.daemon import serve_on_lan
 from tests.discovery.conftest import build_image
 from tests.netns import Lan, Netns, lan, require, wait_for
+from ztpd.errors import IllegalTransition
 from ztpd.identity import Identity
 from ztpd.images import osimage
 from ztpd.inventory.schema import Inventory
@@ -394,8 +396,12 @@ def matched_node(site: Site, vm: Vm) -> int:
         )
     lifecycle.fire(node.id, Trigger.INSPECT, cause="test")
     lifecycle.fire(node.id, Trigger.INSPECTED, cause="test")
-    # ztpd's matcher may take the inspected node first: same profile, by the serial.
-    wait_for(lambda: Nodes(site.store).get(node.id).state == "matched", "the match", timeout=30)
+    # ztpd's matcher may take the inspected node first (same profile, by the serial).
+    with contextlib.suppress(IllegalTransition):
+        lifecycle.fire(
+            node.id, Trigger.MATCH, cause="test", profile=MACHINES[serial][0], expect="inspected"
+        )
+    assert Nodes(site.store).get(node.id).state == "matched"
     return node.id
 
 
