@@ -401,6 +401,8 @@ def matched_node(site: Site, vm: Vm) -> int:
         lifecycle.fire(
             node.id, Trigger.MATCH, cause="test", profile=MACHINES[serial][0], expect="inspected"
         )
+    # The host name ztpd's matcher renders from the profile (the seed needs one).
+    Nodes(site.store).update_facts(node.id, {}, hostname=f"img-{mac.replace(':', '')}")
     assert Nodes(site.store).get(node.id).state == "matched"
     return node.id
 
