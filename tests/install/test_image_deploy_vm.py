@@ -90,9 +90,6 @@ MACHINES: dict[str, tuple[str, str, dict[str, Any], int]] = {
     "ZTIMG0005": ("img-deploy-mode", "debian-12", {"serial": "ZTIMG0005-D0"}, 1024),
 }
 OLD = 0x5A  # what the deploy-mode machine's disk is full of before the write
-# Nothing on the LAN boots over IPv6, and OVMF's PXEv6 entry waits over a minute for a DHCPv6
-# offer before the disk boots: the firmware's IPv6 stack stays off (edk2's fw_cfg knob).
-NO_IPV6 = ("-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no")
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +213,7 @@ def power_on(site: Site, vm: Vm, *extra: str) -> None:
     assert site.lan.switch is not None
     with vm.files.qemu_log.open("ab") as out:
         vm.proc = site.lan.switch.popen(
-            [*qemu_argv(vm.spec, vm.files, "tcg"), *NO_IPV6, *extra],
+            [*qemu_argv(vm.spec, vm.files, "tcg"), *extra],
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -173,6 +173,10 @@ def qemu_argv(spec: VmSpec, files: VmFiles, accel: str, *, bmc: str | None = Non
             f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
             "-drive",
             f"if=pflash,format=raw,file={files.vars}",
+            # Nothing on the lab boots over IPv6, and OVMF's PXEv6 entry waits over a minute
+            # for a DHCPv6 offer before a deployed VM reaches its disk: its IPv6 stack stays off.
+            "-fw_cfg",
+            "name=opt/org.tianocore/IPv6Support,string=no",
         ]
         nic = "virtio-net-pci,romfile="  # no iPXE ROM: OVMF's PXE loads ipxe.efi over TFTP
     else:
