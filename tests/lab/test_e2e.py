@@ -9,9 +9,9 @@ VMs at once keep both cores busy, where one lab after the other left one idle.
 - full DHCP, a BIOS and a UEFI VM all the way, then a power cycle of both boots their disks, and
   the BIOS VM's disk is read from the host (partition table, boot partitions byte for byte, the
   seed); the BIOS VM first fits no profile and stays ``unmatched`` with the reason until a
-  fitting profile file appears (no restart); both reach ``deployed`` through a SIGTERM and a
-  ``kill -9`` of ztpd in the middle of a deploy (the first boot of the VM written last), with
-  no lease or event lost;
+  fitting profile file appears (no restart); both reach ``deployed`` through a SIGTERM of ztpd
+  while an image streams (the agent fetches it again) and a ``kill -9`` in the first boot of
+  the VM written last, with no lease or event lost;
 - proxy DHCP, started once the first lab's VMs are inspected (so the three do not all boot at
   the same moment): dnsmasq hands out the address, ztpd only the boot (a UEFI VM: TFTP through
   proxyDHCP), to ``deployed``.
@@ -105,6 +105,25 @@ def written(lab_run: LabRun, vm: str) -> bool:
         return False
     stage = (node.facts.get("install_progress") or {}).get("stage")
     return node.state == State.DEPLOYED or (node.state == State.DEPLOYING and stage == "written")
+
+
+def mid_stream(lab_run: LabRun, vm: str) -> bool:
+    """The VM's agent is streaming its image, with at least a third of it still to come."""
+    node = lab_run.node(vm)
+    progress = (node.facts.get("install_progress") or {}) if node is not None else {}
+    percent = progress.get("percent")
+    return progress.get("stage") == "write-image" and isinstance(percent, int) and percent <= 60
+
+
+def restart_losing_nothing(lab_run: LabRun, sig: signal.Signals) -> int:
+    """Restart ztpd (SIGTERM, or kill -9); every event and bound lease is still there. Returns
+    the newest event id from before the restart."""
+    events, bound = snapshot(lab_run)
+    lab_run.ok("restart-ztpd", *(["--kill"] if sig == signal.SIGKILL else []))
+    after_events, after_bound = snapshot(lab_run)
+    assert events <= after_events, f"events lost over {sig.name}"
+    assert bound <= after_bound, f"leases lost over {sig.name}"
+    return int(max(e[0] for e in events))
 
 
 def snapshot(lab_run: LabRun) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
@@ -237,21 +256,22 @@ def test_bios_uefi_late_profile_restarts_disk_boots_and_proxy_dhcp(
         tftp
     )
 
-    # Stop ztpd twice once both images are written, while the later VM boots its image for the
-    # first time: nothing recorded is lost, and its first-boot callback, which makes it
-    # `deployed`, reaches the restarted ztpd. (Not during an image stream: the agent does not
-    # retry a stream cut by a restart, and the node fails; see docs/lab.md.)
+    # Stop ztpd twice in the deploys: SIGTERM while an image streams (the agent fetches it again
+    # from the start), kill -9 once both are written, while the later VM boots its image for
+    # the first time (its first-boot callback, which makes it `deployed`, reaches the restarted
+    # ztpd). Nothing recorded is lost either time.
+    streaming = wait_for(
+        lambda: next((vm for vm in ("vm1", "vm2") if mid_stream(lab_run, vm)), None),
+        "an image stream under way",
+        DEPLOY_DEADLINE,
+        1,
+    )
+    leases = {vm: (lab_run.lease(vm) or {}).get("ip") for vm in ("vm1", "vm2")}
+    newest = restart_losing_nothing(lab_run, signal.SIGTERM)
     for vm in ("vm1", "vm2"):
         wait_for(lambda: written(lab_run, vm), f"{vm}'s image written", DEPLOY_DEADLINE, 1)  # noqa: B023 (used at once)
-    leases = {vm: (lab_run.lease(vm) or {}).get("ip") for vm in ("vm1", "vm2")}
-    newest = 0
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        events, bound = snapshot(lab_run)
-        lab_run.ok("restart-ztpd", *(["--kill"] if sig == signal.SIGKILL else []))
-        after_events, after_bound = snapshot(lab_run)
-        assert events <= after_events, f"events lost over {sig.name}"
-        assert bound <= after_bound, f"leases lost over {sig.name}"
-        newest = max(e[0] for e in events)
+    assert "stream cut (try 1 of" in console(lab_run, streaming), f"{streaming} never retried"
+    newest = restart_losing_nothing(lab_run, signal.SIGKILL)
 
     for vm in ("vm1", "vm2"):
         lab_run.wait_state(vm, {State.DEPLOYED}, DEPLOY_DEADLINE)
