@@ -81,9 +81,12 @@ def test_image_manifest_size_and_tools_run(image: Path) -> None:
     for argv in tools:
         done = subprocess.run(["chroot", str(root), *argv], capture_output=True, timeout=30)
         assert done.returncode == 0, (argv, done.stderr)
-    assert b"coreutils" in subprocess.run(
-        ["chroot", str(root), "/bin/dd", "--version"], capture_output=True, check=True
-    ).stdout
+    assert (
+        b"coreutils"
+        in subprocess.run(
+            ["chroot", str(root), "/bin/dd", "--version"], capture_output=True, check=True
+        ).stdout
+    )
     assert (root / "lib/modules" / manifest["kernel"]["version"] / "modules.alias").is_file()
 
 
