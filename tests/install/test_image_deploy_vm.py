@@ -251,6 +251,13 @@ def agent_log(site: Site, node_id: int) -> str:
     return "".join(r["text"] for r in rows)
 
 
+def partition_table(path: Path) -> dict[str, Any]:
+    """sfdisk's view of a disk image's partition table."""
+    done = subprocess.run(["sfdisk", "-J", str(path)], capture_output=True, text=True, check=True)
+    table: dict[str, Any] = json.loads(done.stdout)["partitiontable"]
+    return table
+
+
 def raw_copy(vm: Vm) -> Path:
     """The VM's disk as a (sparse) raw file, for the host's tools."""
     raw = vm.files.dir / "disk.raw"
@@ -334,11 +341,7 @@ def test_image_deploy_end_to_end(site: Site) -> None:
 
     # The disk, from the host: GPT, the root (last partition, grown on first boot), the seed.
     raw = raw_copy(vm)
-    table = json.loads(
-        subprocess.run(
-            ["sfdisk", "-J", str(raw)], capture_output=True, text=True, check=True
-        ).stdout
-    )["partitiontable"]
+    table = partition_table(raw)
     assert table["label"] == "gpt"
     root = table["partitions"][-1]
     assert root["size"] * 512 > 2 * (1 << 30), root  # growpart took the 4 GiB disk
@@ -462,11 +465,7 @@ def test_deploy_mode_writes_the_image_byte_for_byte_over_old_bytes(site: Site) -
     raw_image = site.dir / "images" / osimage.OS_DIR / name / f"{name}.raw"  # as registered
     length = raw_image.stat().st_size
     raw = raw_copy(vm)
-    table = json.loads(
-        subprocess.run(
-            ["sfdisk", "-J", str(raw_image)], capture_output=True, text=True, check=True
-        ).stdout
-    )["partitiontable"]
+    table = partition_table(raw_image)
     root = table["partitions"][-1]
     root_start = root["start"] * table.get("sectorsize", 512)
     differ = differing_blocks(raw, raw_image, length)
