@@ -294,7 +294,7 @@ def test_bios_uefi_late_profile_restarts_disk_boots_and_proxy_dhcp(
     for vm in ("vm1", "vm2"):
         lab_run.ok("reboot", vm)
     for vm in ("vm1", "vm2"):
-        again = wait_for(lambda: boots(lab_run, vm, mark), f"{vm}'s second boot", 120, 1)  # noqa: B023 (used at once)
+        again = wait_for(lambda: boots(lab_run, vm, mark), f"{vm}'s second boot", 300, 1)  # noqa: B023 (used at once)
         assert "local" in str(again[0].detail.get("served")), again[0].detail
     for vm in ("vm1", "vm2"):
         wait_for(
