@@ -270,8 +270,9 @@ def raw_copy(vm: Vm) -> Path:
 
 
 def debugfs_cat(raw: Path, offset: int, path: str) -> str:
+    # -c: a powered-off system's journal is not replayed and its bitmaps do not check.
     done = subprocess.run(
-        ["debugfs", "-R", f"cat {path}", f"{raw}?offset={offset}"],
+        ["debugfs", "-c", "-R", f"cat {path}", f"{raw}?offset={offset}"],
         capture_output=True,
         text=True,
         check=True,
