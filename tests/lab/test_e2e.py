@@ -217,8 +217,8 @@ def check_proxy_lab(proxy: LabRun, up: subprocess.Popen[str]) -> None:
     assert node.ip is None or node.ip in leases
     assert proxy.rows("SELECT * FROM leases") == []  # ztpd handed out no address
     assert "dhcp: proxy" in proxy.ok("status")
-    tftp = [e.detail for e in proxy.events("vm1") if e.kind == "boot"]
-    assert any(d.get("asked") == "tftp snponly.efi" and d.get("status") == "sent" for d in tftp)
+    # (Its TFTP fetch of snponly.efi is not on the node's events: ztpd ties a TFTP request to a
+    # node by its lease, and in proxy mode the lease is dnsmasq's. Seen in CI, 2026-11-22.)
 
     proxy.wait_state("vm1", {State.DEPLOYED}, DEPLOY_DEADLINE)
     out, _ = up.communicate(timeout=60)
