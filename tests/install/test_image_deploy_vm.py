@@ -35,6 +35,7 @@ import yaml
 
 from tests.daemon import serve_on_lan
 from tests.discovery.conftest import build_image
+from tests.disks import debugfs_cat, partition_table
 from tests.netns import Lan, Netns, lan, require, wait_for
 from ztpd.errors import IllegalTransition
 from ztpd.identity import Identity
@@ -251,13 +252,6 @@ def agent_log(site: Site, node_id: int) -> str:
     return "".join(r["text"] for r in rows)
 
 
-def partition_table(path: Path) -> dict[str, Any]:
-    """sfdisk's view of a disk image's partition table."""
-    done = subprocess.run(["sfdisk", "-J", str(path)], capture_output=True, text=True, check=True)
-    table: dict[str, Any] = json.loads(done.stdout)["partitiontable"]
-    return table
-
-
 def raw_copy(vm: Vm) -> Path:
     """The VM's disk as a (sparse) raw file, for the host's tools."""
     raw = vm.files.dir / "disk.raw"
@@ -267,18 +261,6 @@ def raw_copy(vm: Vm) -> Path:
         timeout=300,
     )
     return raw
-
-
-def debugfs_cat(raw: Path, offset: int, path: str) -> str:
-    # -c: a powered-off system's journal is not replayed and its bitmaps do not check.
-    done = subprocess.run(
-        ["debugfs", "-c", "-R", f"cat {path}", f"{raw}?offset={offset}"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return done.stdout
 
 
 def boot_scripts(site: Site, node_id: int) -> list[str]:

@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from tests.daemon import REPO
+from tests.disks import debugfs_cat, partition_table
 from tests.lab.conftest import LabRun
 from tests.netns import require, wait_for
 from ztpd.lifecycle import State
@@ -152,12 +153,6 @@ def lab_profiles(tmp_path: Path) -> Path:
     return profiles
 
 
-def sfdisk(raw: Path) -> dict[str, Any]:
-    done = subprocess.run(["sfdisk", "-J", str(raw)], capture_output=True, text=True, check=True)
-    table: dict[str, Any] = json.loads(done.stdout)["partitiontable"]
-    return table
-
-
 def check_disk_from_host(lab_run: LabRun, vm: str, hostname: str, tmp_path: Path) -> None:
     """``vm``'s first disk, read on the host after a clean stop: the image's partition table
     with the root grown to the disk, its boot partitions byte for byte, the node's seed."""
@@ -166,7 +161,7 @@ def check_disk_from_host(lab_run: LabRun, vm: str, hostname: str, tmp_path: Path
     disk = lab_run.state / "vms" / vm / "disk0.qcow2"
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(disk), str(raw)], check=True)
     image = IMAGES / "os" / "debian-12" / "debian-12.raw"
-    written, original = sfdisk(raw), sfdisk(image)
+    written, original = partition_table(raw), partition_table(image)
     names = [p.get("name") for p in written["partitions"]]
     assert names == [p.get("name") for p in original["partitions"]], written
     root = written["partitions"][-1]
@@ -181,17 +176,8 @@ def check_disk_from_host(lab_run: LabRun, vm: str, hostname: str, tmp_path: Path
         b.seek(first)
         assert a.read(size) == b.read(size), "the BIOS boot partition differs from the image"
 
-    # debugfs -c: the VM was powered off, not shut down, so the root file system's journal is
-    # not replayed and its bitmaps do not check; -c skips them (the files were written and
-    # unmounted by the agent before the first boot).
     def cat(path: str) -> str:
-        done = subprocess.run(
-            ["debugfs", "-c", "-R", f"cat {path}", f"{raw}?offset={root['start'] * sector}"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return done.stdout
+        return debugfs_cat(raw, root["start"] * sector, path)
 
     seed = "/var/lib/cloud/seed/nocloud"
     assert f"local-hostname: {hostname}" in cat(f"{seed}/meta-data")
