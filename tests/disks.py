@@ -1,9 +1,10 @@
-"""Reading a VM's disk image from the host: its partition table, and files in an ext4 partition
-of a powered-off system."""
+"""Reading a VM's disk image from the host: its partition table, files in an ext4 partition of
+a powered-off system, and what a metadata wipe leaves."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -28,3 +29,14 @@ def debugfs_cat(raw: Path, offset: int, path: str) -> str:
         timeout=60,
     )
     return done.stdout
+
+
+def assert_wiped(raw: Path, *, tail: bool = True) -> None:
+    """No partition table, and zeros in the first MiB (MBR, primary GPT, most signatures) and,
+    with ``tail``, the last (the backup GPT)."""
+    assert subprocess.run(["sfdisk", "-d", str(raw)], capture_output=True).returncode != 0
+    with raw.open("rb") as f:
+        assert f.read(1 << 20) == bytes(1 << 20)
+        if tail:
+            f.seek(-(1 << 20), os.SEEK_END)
+            assert f.read() == bytes(1 << 20)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 import socket
 import threading
 from collections.abc import AsyncIterator
@@ -20,32 +19,16 @@ from ztpd.config import HttpConfig
 from ztpd.http.agent import PURPOSE, AgentService, add_agent_routes
 from ztpd.http.server import make_app
 from ztpd.identity import Identity
-from ztpd.images import discovery
 from ztpd.lifecycle import Lifecycle, Trigger
 from ztpd.store import Nodes, Store
 from ztpd.tokens import Tokens
 
-CHECKOUT_CACHE = Path(__file__).resolve().parents[2] / "images" / "cache" / discovery.SUBDIR
 TIMEOUTS = {"inspecting": 600.0, "deploying": 600.0, "configuring": 600.0}
 
 
-def build_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The discovery image with this checkout's init and agent, built like `make
-    discovery-image` does; the .debs are cached in the checkout (images/cache/discovery) so
-    later runs are offline."""
-    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
-        pytest.skip("needs apt-get and dpkg (Debian) to build the discovery image")
-    images = tmp_path_factory.mktemp("images")
-    CHECKOUT_CACHE.mkdir(parents=True, exist_ok=True)
-    (images / "cache").mkdir()
-    (images / "cache" / discovery.SUBDIR).symlink_to(CHECKOUT_CACHE)
-    discovery.build(images)
-    return images / discovery.SUBDIR
-
-
 @pytest.fixture(scope="session")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_image(tmp_path_factory)
+def image(discovery_image: Path) -> Path:
+    return discovery_image
 
 
 @dataclass

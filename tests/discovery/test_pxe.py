@@ -124,16 +124,18 @@ def start_lldpd(switch: Netns, tmp: Path, confdir: Path) -> None:
         "configure lldp portidsubtype ifname\n"
     )
     with (tmp / "lldpd.log").open("wb") as out:
-        # -O /dev/null: nothing from the host's /etc/lldpd.d; the settings go in once it runs.
+        # -O: these settings, not the host's /etc/lldpd.d. lldpd starts paused and sends its
+        # first frame only once they are in (settings given after it runs let the agent, which
+        # listens from link-up, catch a frame without the system name: seen in CI).
         switch.popen(
-            ["lldpd", "-d", "-u", sock, "-I", ",".join(SPEC.taps), "-O", "/dev/null"], stdout=out
+            ["lldpd", "-d", "-u", sock, "-I", ",".join(SPEC.taps), "-O", str(conf)], stdout=out
         )
-    wait_for(
-        lambda: switch.run(["lldpcli", "-u", sock, "-c", str(conf)], check=False).returncode == 0,
-        "lldpd to take its settings",
-        timeout=30,
-        step=0.2,
-    )
+
+    def configured() -> bool:
+        shown = switch.run(["lldpcli", "-u", sock, "show", "chassis"], check=False)
+        return shown.returncode == 0 and SWITCH in shown.stdout
+
+    wait_for(configured, "lldpd to take its settings", timeout=30, step=0.2)
 
 
 def wait_node(site: Site, files: VmFiles, states: set[str], what: str) -> dict[str, Any]:

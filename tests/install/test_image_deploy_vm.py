@@ -6,15 +6,17 @@ DHCP, TFTP, HTTP) on a LAN of network namespaces.
   the disk ztpd chose (zeroing the image's range, then skipping its zero blocks) and writes the
   node's cloud-init seed; the machine boots its disk and cloud-init calls back: ``deployed``. A
   power cycle then boots the disk again (the local script); ``retire --wipe metadata`` runs
-  through the agent and ends ``retired``. The disk is checked from the host.
+  through the agent and ends ``retired``. The disk is checked from the host. (Marker
+  ``deploy``: `make e2e` only; the lab's e2e test in `make test` takes the same path.)
 - Deploy mode: a node that is already matched when it PXE boots (as after a power cycle or a
   restart of ztpd) gets the image writer's boot script; its disk, full of old bytes, then holds
   the image byte for byte in the image's range (the root filesystem differs only by the seed)
-  and still the old bytes after it.
+  and still the old bytes after it. The image is a small one imported for the test (64 MiB:
+  GPT, a partition of a byte pattern, an ext4 root): the bytes are the point, not a boot.
 
-Bad input: an image whose registered sha256 is wrong (the agent wipes what it wrote and stays
-up; ``failed``), a disk smaller than the image and a profile whose hints fit no disk (refused
-by ztpd before anything is written; ``failed`` with the reason)."""
+Bad input: an image whose registered sha256 is wrong (the small image again; the agent wipes
+what it wrote and stays up; ``failed``), a disk smaller than the image and a profile whose
+hints fit no disk (refused by ztpd before anything is written; ``failed`` with the reason)."""
 
 from __future__ import annotations
 
@@ -34,12 +36,12 @@ import pytest
 import yaml
 
 from tests.daemon import serve_on_lan
-from tests.discovery.conftest import build_image
-from tests.disks import debugfs_cat, partition_table
+from tests.disks import assert_wiped, debugfs_cat, partition_table
 from tests.netns import Lan, Netns, lan, require, wait_for
 from ztpd.errors import IllegalTransition
 from ztpd.identity import Identity
 from ztpd.images import osimage
+from ztpd.images.importer import import_image
 from ztpd.inventory.schema import Inventory
 from ztpd.lab.vm import OVMF_CODE, OVMF_VARS, QEMU, Shape, VmFiles, VmSpec, qemu_argv
 from ztpd.lifecycle import Lifecycle, Trigger
@@ -50,8 +52,8 @@ from .conftest import IMAGES, ROOT, inventory
 
 __all__ = ["lan"]
 
-# The end-to-end test is `make e2e`'s only (the lab's e2e test in `make test` covers the same
-# path); the bad-input tests below are part of `make test`.
+# The end-to-end test is `make e2e`'s only (the lab's e2e test in `make test` takes the same
+# path, retire included); deploy mode and the bad-input tests are part of `make test`.
 pytestmark = [pytest.mark.netns, pytest.mark.vm, pytest.mark.slow]
 
 SERVER = "10.79.0.1"
@@ -62,7 +64,8 @@ DEADLINE = 2100.0
 REFUSED_DEADLINE = 600.0  # two discovery boots, nothing written
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk2Zb6o1Xj3QX0bq1Vx3m9XG6Xo1m8k5G3o4xqz1K2P e2e@test"
 CONSOLE = "console=ttyS0,115200n8"
-BAD = "bad-12"  # the OS image registered under another name with a wrong sha256
+SMALL = "small-1"  # a 64 MiB image: deploy mode checks its bytes, not a boot
+BAD = "bad-12"  # the small image registered with a wrong sha256
 
 
 def profile(name: str, serial: str, image: str, root_disk: dict[str, Any], priority: int) -> str:
@@ -90,30 +93,43 @@ MACHINES: dict[str, tuple[str, str, dict[str, Any], int]] = {
     "ZTIMG0002": ("img-bad-sha", BAD, {"serial": "ZTIMG0002-D0"}, 2048),
     "ZTIMG0003": ("img-small-disk", "debian-12", {"serial": "ZTIMG0003-D0"}, 512),
     "ZTIMG0004": ("img-no-disk", "debian-12", {"serial": "NO-SUCH-DISK"}, 2048),
-    "ZTIMG0005": ("img-deploy-mode", "debian-12", {"serial": "ZTIMG0005-D0"}, 1024),
+    "ZTIMG0005": ("img-deploy-mode", SMALL, {"serial": "ZTIMG0005-D0"}, 1024),
 }
 OLD = 0x5A  # what the deploy-mode machine's disk is full of before the write
 
 
-@pytest.fixture(scope="module")
-def discovery_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_image(tmp_path_factory)
+def small_disk_image(path: Path) -> None:
+    """A 64 MiB disk image: GPT, a 1 MiB partition full of a byte pattern, an ext4 root."""
+    with path.open("wb") as f:
+        f.truncate(64 << 20)
+    layout = "label: gpt\n,1MiB,L\n,,L\n"
+    subprocess.run(["sfdisk", "-q", str(path)], input=layout, text=True, check=True)
+    first, root = partition_table(path)["partitions"]
+    with path.open("r+b") as f:
+        f.seek(first["start"] * 512)
+        f.write(bytes(range(256)) * (first["size"] * 2))
+    offset, kib = root["start"] * 512, root["size"] // 2
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-E", f"offset={offset}", str(path), f"{kib}k"], check=True
+    )
 
 
-def register(images: Path, image: osimage.OsImage) -> None:
-    """The OS image under its own name, and again as ``BAD`` with a wrong sha256 for the file
-    the agent gets (hard links: no copy of a gigabyte)."""
-    for name, corrupt in ((image.name, False), (BAD, True)):
-        out = images / osimage.OS_DIR / name
-        out.mkdir(parents=True)
-        files = {}
-        for f in image.files:
-            dest = f.name.replace(image.name, name, 1)
-            os.link(IMAGES / osimage.OS_DIR / image.name / f.name, out / dest)
-            wrong = corrupt and dest.endswith(".zst")
-            files[dest] = {"sha256": "0" * 64 if wrong else f.sha256, "size": f.size}
-        manifest = {**image.to_dict(), "name": name, "files": files}
-        (out / osimage.MANIFEST).write_text(json.dumps(manifest))
+def register(images: Path, image: osimage.OsImage, tmp: Path) -> None:
+    """The OS image under its own name (hard links: no copy of a gigabyte); a small disk image
+    imported as an admin would, as ``SMALL``, and again as ``BAD``, whose manifest then gets a
+    wrong sha256 for the file the agent streams: the agent writes it all, then finds out."""
+    out = images / osimage.OS_DIR / image.name
+    out.mkdir(parents=True)
+    for name in (*(f.name for f in image.files), osimage.MANIFEST):
+        os.link(IMAGES / osimage.OS_DIR / image.name / name, out / name)
+    small = tmp / "small.raw"
+    small_disk_image(small)
+    import_image(images, small, SMALL)
+    import_image(images, small, BAD)
+    manifest = images / osimage.OS_DIR / BAD / osimage.MANIFEST
+    doc = json.loads(manifest.read_text())
+    doc["files"][f"{BAD}.raw.zst"]["sha256"] = "0" * 64
+    manifest.write_text(json.dumps(doc))
 
 
 @dataclass
@@ -152,7 +168,7 @@ def site(lan: Lan, tmp_path: Path, image: osimage.OsImage, discovery_image: Path
         shutil.copyfile(IMAGES / name, images / name)
     for name in ("vmlinuz", "initrd.img"):
         shutil.copyfile(discovery_image / name, images / "discovery" / name)
-    register(images, image)
+    register(images, image, tmp_path)
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     for priority, (serial, (name, img, hints, _)) in enumerate(MACHINES.items(), start=10):
@@ -355,12 +371,7 @@ def test_image_deploy_end_to_end(site: Site) -> None:
     finally:
         power_off(site, vm)
     raw.unlink()
-    wiped = raw_copy(vm)
-    assert subprocess.run(["sfdisk", "-d", str(wiped)], capture_output=True).returncode != 0
-    with wiped.open("rb") as f:
-        assert f.read(1 << 20) == bytes(1 << 20)
-        f.seek(-(1 << 20), os.SEEK_END)
-        assert f.read() == bytes(1 << 20)
+    assert_wiped(raw_copy(vm))
 
 
 def matched_node(site: Site, vm: Vm) -> int:
@@ -481,10 +492,7 @@ def test_a_wrong_sha256_wipes_what_was_written_and_does_not_reboot(site: Site) -
         assert vm.proc is not None and vm.proc.poll() is None
     finally:
         power_off(site, vm)
-    raw = raw_copy(vm)
-    assert subprocess.run(["sfdisk", "-d", str(raw)], capture_output=True).returncode != 0
-    with raw.open("rb") as f:
-        assert f.read(1 << 20) == bytes(1 << 20)
+    assert_wiped(raw_copy(vm), tail=False)  # 64 MiB written to a 2 GiB disk: its end untouched
 
 
 def test_images_that_cannot_fit_are_refused_before_anything_is_written(

@@ -85,6 +85,7 @@ def _machine(tmp_path: Path, seed: Path, raw: Path, port: int, firmware: Firmwar
 
 @pytest.mark.vm
 @pytest.mark.slow
+@pytest.mark.deploy  # the lab's e2e test (make test) boots this image with both firmwares too
 @pytest.mark.parametrize("firmware", ["uefi", "bios"])
 async def test_image_boots_and_calls_back(
     image: osimage.OsImage, tmp_path: Path, firmware: Firmware

@@ -201,14 +201,22 @@ class LabRun:
         lab = LabState.from_dict(recorded)
         return Progress(db, lab.vms, lab.powered_on, lambda _: None).timings()
 
+    def _qemu(self, vm: str) -> Proc:
+        recorded = self.recorded()["procs"][vm]
+        return Proc(int(recorded["pid"]), recorded["start"])
+
     def power_off(self, vm: str) -> None:
         """Stop ``vm``'s QEMU with SIGTERM, which writes its disk caches out, so the host can
         read the disks; ``down`` then finds it gone."""
-        recorded = self.recorded()["procs"][vm]
-        proc = Proc(int(recorded["pid"]), recorded["start"])
+        proc = self._qemu(vm)
         if proc.alive():
             stop_group(proc.pid, signal.SIGTERM)
-        wait_for(lambda: not proc.alive(), f"{vm}'s QEMU to exit", 60, 0.2)
+        self.wait_powered_off(vm, 60)
+
+    def wait_powered_off(self, vm: str, timeout: float) -> None:
+        """Until ``vm``'s QEMU has exited (the guest powered itself off, or was stopped)."""
+        proc = self._qemu(vm)
+        wait_for(lambda: not proc.alive(), f"{vm}'s QEMU to exit", timeout, 0.2)
 
     def leftovers(self) -> list[str]:
         """Anything of this lab still present: namespaces, live recorded processes, files."""
