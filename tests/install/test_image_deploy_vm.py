@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,8 +34,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.daemon import serve_on_lan
-from tests.disks import assert_wiped, debugfs_cat, partition_table
+from tests.daemon import serve_on_lan, ztpd_cmd
+from tests.disks import assert_wiped, debugfs_cat, partition_table, raw_copy
 from tests.netns import Lan, Netns, lan, require, wait_for
 from ztpd.errors import IllegalTransition
 from ztpd.identity import Identity
@@ -270,15 +269,9 @@ def agent_log(site: Site, node_id: int) -> str:
     return "".join(r["text"] for r in rows)
 
 
-def raw_copy(vm: Vm) -> Path:
+def host_copy(vm: Vm) -> Path:
     """The VM's disk as a (sparse) raw file, for the host's tools."""
-    raw = vm.files.dir / "disk.raw"
-    subprocess.run(
-        ["qemu-img", "convert", "-O", "raw", str(vm.files.disk(0)), str(raw)],
-        check=True,
-        timeout=300,
-    )
-    return raw
+    return raw_copy(vm.files.disk(0), vm.files.dir / "disk.raw")
 
 
 def boot_scripts(site: Site, node_id: int) -> list[str]:
@@ -342,7 +335,7 @@ def test_image_deploy_end_to_end(site: Site) -> None:
         power_off(site, vm)
 
     # The disk, from the host: GPT, the root (last partition, grown on first boot), the seed.
-    raw = raw_copy(vm)
+    raw = host_copy(vm)
     table = partition_table(raw)
     assert table["label"] == "gpt"
     root = table["partitions"][-1]
@@ -358,8 +351,8 @@ def test_image_deploy_end_to_end(site: Site) -> None:
     # retire --wipe metadata: the next boot runs the agent, which erases every disk's tables
     # and signatures and reports; the node is retired and the agent powers the machine off.
     retire = subprocess.run(
-        [sys.executable, "-m", "ztpd", "node", "retire", "ZTIMG0001", "--wipe", "metadata",
-         "--config", str(site.dir / "ztpd.yaml")],
+        ztpd_cmd("node", "retire", "ZTIMG0001", "--wipe", "metadata",
+                 "--config", str(site.dir / "ztpd.yaml")),
         capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
     )  # fmt: skip
     assert retire.returncode == 0 and "-> retiring" in retire.stdout, retire.stderr
@@ -371,7 +364,7 @@ def test_image_deploy_end_to_end(site: Site) -> None:
     finally:
         power_off(site, vm)
     raw.unlink()
-    assert_wiped(raw_copy(vm))
+    assert_wiped(host_copy(vm))
 
 
 def matched_node(site: Site, vm: Vm) -> int:
@@ -461,7 +454,7 @@ def test_deploy_mode_writes_the_image_byte_for_byte_over_old_bytes(site: Site) -
     name = MACHINES["ZTIMG0005"][1]
     raw_image = site.dir / "images" / osimage.OS_DIR / name / f"{name}.raw"  # as registered
     length = raw_image.stat().st_size
-    raw = raw_copy(vm)
+    raw = host_copy(vm)
     table = partition_table(raw_image)
     root = table["partitions"][-1]
     root_start = root["start"] * table.get("sectorsize", 512)
@@ -492,7 +485,7 @@ def test_a_wrong_sha256_wipes_what_was_written_and_does_not_reboot(site: Site) -
         assert vm.proc is not None and vm.proc.poll() is None
     finally:
         power_off(site, vm)
-    assert_wiped(raw_copy(vm), tail=False)  # 64 MiB written to a 2 GiB disk: its end untouched
+    assert_wiped(host_copy(vm), tail=False)  # 64 MiB written to a 2 GiB disk: its end untouched
 
 
 def test_images_that_cannot_fit_are_refused_before_anything_is_written(

@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
@@ -29,12 +28,13 @@ from typing import Any
 
 import pytest
 
-from tests.daemon import REPO, free_port
+from tests.daemon import REPO, free_port, ztpd_cmd
 from tests.netns import require, wait_for
 from ztpd.identity import normalize_mac
 from ztpd.lab import LabState
 from ztpd.lab.lab import Proc, proc_start
 from ztpd.lab.net import namespaces, stop_group
+from ztpd.lab.vm import VmFiles
 from ztpd.lab.watch import Progress, ready
 from ztpd.lifecycle import State
 from ztpd.model import Event, Node
@@ -57,7 +57,7 @@ class LabRun:
     def argv(self, *args: str) -> list[str]:
         common = ["--state", str(self.state), "--name", self.name, "--port", str(self.port)]
         common += ["--config", str(self.config)] if self.config else []
-        return [sys.executable, "-m", "ztpd", "lab", *common, *args]
+        return ztpd_cmd("lab", *common, *args)
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -200,6 +200,10 @@ class LabRun:
             return {}
         lab = LabState.from_dict(recorded)
         return Progress(db, lab.vms, lab.powered_on, lambda _: None).timings()
+
+    def vm_files(self, vm: str) -> VmFiles:
+        """Where ``vm``'s disks and console are (as ``Lab.vm_files`` places them)."""
+        return VmFiles(self.state / "vms" / vm)
 
     def _qemu(self, vm: str) -> Proc:
         recorded = self.recorded()["procs"][vm]

@@ -24,7 +24,6 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.daemon import REPO
-from tests.disks import assert_wiped, debugfs_cat, partition_table
+from tests.daemon import REPO, ztpd_cmd
+from tests.disks import assert_wiped, debugfs_cat, partition_table, raw_copy
 from tests.lab.conftest import LabRun
 from tests.netns import require, wait_for
 from ztpd.lifecycle import State
@@ -99,7 +98,7 @@ def last_event_id(lab_run: LabRun) -> int:
 
 
 def console(lab_run: LabRun, vm: str) -> str:
-    path = lab_run.state / "vms" / vm / "console.log"
+    path = lab_run.vm_files(vm).console
     return path.read_text(errors="replace") if path.exists() else ""
 
 
@@ -161,9 +160,7 @@ def check_disk_from_host(lab_run: LabRun, vm: str, hostname: str, tmp_path: Path
     """``vm``'s first disk, read on the host after a clean stop: the image's partition table
     with the root grown to the disk, its boot partitions byte for byte, the node's seed."""
     lab_run.power_off(vm)
-    raw = tmp_path / f"{vm}-disk0.raw"  # sparse: only what the VM wrote takes room
-    disk = lab_run.state / "vms" / vm / "disk0.qcow2"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(disk), str(raw)], check=True)
+    raw = raw_copy(lab_run.vm_files(vm).disk(0), tmp_path / f"{vm}-disk0.raw")
     image = IMAGES / "os" / "debian-12" / "debian-12.raw"
     written, original = partition_table(raw), partition_table(image)
     names = [p.get("name") for p in written["partitions"]]
@@ -199,17 +196,14 @@ def retire_wiping_metadata(lab_run: LabRun, vm: str, tmp_path: Path) -> None:
     assert node is not None
     config = str(lab_run.state / "ztpd.yaml")  # the lab ztpd's own
     retire = subprocess.run(
-        [sys.executable, "-m", "ztpd", "node", "retire", str(node.id), "--wipe", "metadata",
-         "--config", config],
+        ztpd_cmd("node", "retire", str(node.id), "--wipe", "metadata", "--config", config),
         capture_output=True, text=True, timeout=120, check=False, cwd=REPO,
     )  # fmt: skip
     assert retire.returncode == 0 and "-> retiring" in retire.stdout, retire.stdout + retire.stderr
     lab_run.ok("reboot", vm)
     lab_run.wait_state(vm, {State.RETIRED}, RETIRE_DEADLINE)
     lab_run.wait_powered_off(vm, 120)  # the agent's poweroff, once its report is in
-    raw = tmp_path / f"{vm}-wiped.raw"
-    disk = lab_run.state / "vms" / vm / "disk0.qcow2"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(disk), str(raw)], check=True)
+    raw = raw_copy(lab_run.vm_files(vm).disk(0), tmp_path / f"{vm}-wiped.raw")
     assert_wiped(raw)
     raw.unlink()
 
