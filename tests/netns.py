@@ -29,15 +29,23 @@ def require(*tools: str) -> None:
             pytest.skip(f"needs {tool}: not in PATH")
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 20.0, step: float = 0.05) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
+def wait_for(
+    check: Callable[[], Any],
+    what: str,
+    timeout: float = 20.0,
+    step: float = 0.05,
+    detail: Callable[[], str] | None = None,
+) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` at the deadline,
+    with ``detail()`` (what was seen: a console, a log) in the message."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            seen = f"\n{detail()}" if detail else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{seen}")
         time.sleep(step)
 
 

@@ -7,6 +7,8 @@ import asyncio
 import base64
 import io
 import json
+import re
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+import ztpd
 from tests.discovery.conftest import Site, new_node, serve
 from tests.discovery.test_collect import _tar, two_nic_server
 from ztpd.identity import Identity
@@ -239,3 +242,52 @@ async def test_deploy_reports_need_image_deploy(site: Site) -> None:
         written = b'{"status": "written"}'
         status, body = await post(http, url, written, site.token, "application/json")
         assert status == 404 and "not enabled" in body["error"]["message"]
+
+
+AGENT = Path(ztpd.__file__).parent / "data" / "discovery" / "agent"
+LINES, SHIPS = 400, 150
+
+
+def agent_functions(*names: str) -> str:
+    """The agent script's own definitions of ``names``, to run under busybox sh on the host."""
+    text = AGENT.read_text()
+    found = [
+        re.search(rf"^{n}\(\) \{{(?: [^\n]*\}}|\n.*?^\}})\n", text, re.M | re.S) for n in names
+    ]
+    assert all(found), names
+    return "".join(m.group(0) for m in found if m)
+
+
+@pytest.mark.skipif(not shutil.which("busybox"), reason="busybox (busybox-static) is not installed")
+async def test_the_agent_ships_its_log_from_two_processes_without_losing_a_byte(
+    site: Site, tmp_path: Path
+) -> None:
+    # The agent's keepalive loop (a subshell) and its main line both ship the console log, at
+    # times at once, while the log grows; ztpd must store the whole log, each byte once. Run
+    # with the agent's own functions under busybox sh, against the real endpoint.
+    run, log = tmp_path / "run", tmp_path / "run" / "console.log"
+    script = tmp_path / "ship.sh"
+    script.write_text(
+        f"set -u\nRUN={run} LOG={log} URL={site.url} TOKEN={site.token} BOOT=b1\nmkdir -p $RUN\n"
+        + agent_functions("say", "api", "ship_log")
+        + "ships() { i=0; while [ $i -lt $1 ]; do ship_log; i=$((i + 1)); done; }\n"
+        "case $1 in\n"
+        f"write) i=0; while [ $i -lt {LINES} ]; do\n"
+        '    say "line $i of the log" >>$LOG; usleep 2000; i=$((i + 1))\n'
+        "  done ;;\n"
+        f"ship) (ships {SHIPS}) & ships {SHIPS}; wait ;;\n"
+        "esac\n"
+    )
+
+    async def sh(what: str) -> None:
+        proc = await asyncio.create_subprocess_exec("busybox", "sh", str(script), what)
+        assert await asyncio.wait_for(proc.wait(), 120) == 0, what
+
+    await asyncio.gather(sh("write"), sh("ship"))
+    await sh("ship")  # what is left
+    url = f"{site.url}/api/v1/nodes/{site.node_id}/agent-log"
+    async with aiohttp.ClientSession() as http, http.get(url) as r:
+        stored = (await r.json())["text"]
+    text = log.read_text()
+    assert text.count("\n") == LINES
+    assert stored == text

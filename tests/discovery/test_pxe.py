@@ -139,17 +139,13 @@ def start_lldpd(switch: Netns, tmp: Path, confdir: Path) -> None:
 
 
 def wait_node(site: Site, files: VmFiles, states: set[str], what: str) -> dict[str, Any]:
-    try:
-        node: dict[str, Any] = wait_for(
-            lambda: (n := site.node(SPEC.macs[0])) and n["state"] in states and n,
-            what,
-            timeout=DEADLINE,
-            step=0.5,
-        )
-    except AssertionError as e:
-        raise AssertionError(
-            f"{e}\n--- console\n{console(files)}\n--- ztpd\n{site.log()}"
-        ) from None
+    node: dict[str, Any] = wait_for(
+        lambda: (n := site.node(SPEC.macs[0])) and n["state"] in states and n,
+        what,
+        timeout=DEADLINE,
+        step=0.5,
+        detail=lambda: f"--- console\n{console(files)}\n--- ztpd\n{site.log()}",
+    )
     return node
 
 
@@ -183,10 +179,13 @@ def test_pxe_vm_reports_its_hardware_bmc_and_lldp(
     assert set(nics) == set(SPEC.macs)
     assert {i["driver"] for i in nics.values()} == {"e1000"}
     assert nics[SPEC.macs[0]]["ipv4"][0].startswith("10.79.0.")
-    agent_log = site.api(f"/api/v1/nodes/{node['id']}/agent-log")["text"]
+
+    def agent_log() -> str:
+        return str(site.api(f"/api/v1/nodes/{node['id']}/agent-log")["text"])
+
     for mac, tap in zip(SPEC.macs, SPEC.taps, strict=True):
         lldp = nics[mac].get("lldp")
-        assert lldp, (mac, agent_log, (tmp_path / "lldpd.log").read_text(errors="replace"))
+        assert lldp, (mac, agent_log(), (tmp_path / "lldpd.log").read_text(errors="replace"))
         assert (lldp["chassis_id"], lldp["port_id"], lldp["system_name"]) == (SWITCH, tap, SWITCH)
     assert inv["boot"] == {"mode": "bios", "pxe_interface": SPEC.macs[0]}
     assert inv["bmc"] == {"address": BMC_IP, "mac": BMC_MAC}
@@ -199,14 +198,11 @@ def test_pxe_vm_reports_its_hardware_bmc_and_lldp(
 
     # The agent's console log, through the API, once the agent waits for its next action.
     text = wait_for(
-        lambda: (
-            (t := site.api(f"/api/v1/nodes/{node['id']}/agent-log")["text"])
-            and "inventory accepted" in t
-            and t
-        ),
+        lambda: (t := agent_log()) and "inventory accepted" in t and t,
         "the agent log to reach 'inventory accepted'",
         timeout=60,
         step=0.5,
+        detail=lambda: f"--- agent log\n{agent_log()}\n--- console\n{console(files)}",
     )
     print("\n".join(ln for ln in text.splitlines() if ln.startswith("ztpd-")))
     assert "drivers loaded" in text and "ztpd.token" not in text

@@ -252,12 +252,14 @@ def wait_state(site: Site, vm: Vm, states: set[str], deadline: float) -> Node:
             raise AssertionError(f"QEMU exited {vm.proc.returncode}:\n{vm.console()}")
         return None
 
-    try:
-        node = wait_for(reached, f"{vm.spec.serial} to be {states}", timeout=deadline, step=2)
-    except AssertionError as e:
+    def seen() -> str:
         node = site.node(vm.spec.serial)
         state = (node.state, node.reason) if node else "no node"
-        raise AssertionError(f"{e}; node {state}; console:\n{vm.console()}") from None
+        return f"node {state}; console:\n{vm.console()}"
+
+    node = wait_for(
+        reached, f"{vm.spec.serial} to be {states}", timeout=deadline, step=2, detail=seen
+    )
     assert isinstance(node, Node)
     return node
 
