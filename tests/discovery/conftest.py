@@ -1,6 +1,6 @@
-"""Shared pieces of the discovery tests: the real image (built once per session from the cached
-Debian packages), a store with a node that is inspecting and holds an agent token, and the agent
-endpoints served on loopback — and, for VMs, on a socket inside a test namespace."""
+"""Shared pieces of the discovery tests: a store with a node that is inspecting and holds an
+agent token, and the agent endpoints served on loopback — and, for VMs, on a socket inside a
+test namespace. (The real image is the session's ``discovery_image``, tests/conftest.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from aiohttp import web
 
 from ztpd.config import HttpConfig
@@ -24,11 +23,6 @@ from ztpd.store import Nodes, Store
 from ztpd.tokens import Tokens
 
 TIMEOUTS = {"inspecting": 600.0, "deploying": 600.0, "configuring": 600.0}
-
-
-@pytest.fixture(scope="session")
-def image(discovery_image: Path) -> Path:
-    return discovery_image
 
 
 @dataclass

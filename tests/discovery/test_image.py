@@ -46,10 +46,10 @@ def test_cpio_is_sorted_and_timeless(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_image_manifest_size_and_tools_run(image: Path) -> None:
-    manifest = json.loads((image / discovery.MANIFEST).read_text())
+def test_image_manifest_size_and_tools_run(discovery_image: Path) -> None:
+    manifest = json.loads((discovery_image / discovery.MANIFEST).read_text())
     for name in (discovery.KERNEL, discovery.INITRD):
-        assert sha256(image / name) == manifest["files"][name]["sha256"]
+        assert sha256(discovery_image / name) == manifest["files"][name]["sha256"]
     assert manifest["files"][discovery.INITRD]["size"] < 60 << 20
     assert {"virtio_net", "e1000e", "ixgbe", "mlx5_core", "nvme", "ahci", "megaraid_sas"} <= set(
         manifest["modules"]["included"]
@@ -60,11 +60,11 @@ def test_image_manifest_size_and_tools_run(image: Path) -> None:
     assert "rtl_nic/rtl8168d-1.fw" in manifest["firmware"]["missing"]  # r8169's
     if os.geteuid() != 0 or shutil.which("chroot") is None:
         pytest.skip("needs root and chroot to run the ramdisk's tools")
-    root = image.parent / "root"
+    root = discovery_image.parent / "root"
     root.mkdir(exist_ok=True)
     subprocess.run(
         ["cpio", "-id", "--quiet"] if shutil.which("cpio") else ["busybox", "cpio", "-id"],
-        input=gzip.decompress((image / discovery.INITRD).read_bytes()),
+        input=gzip.decompress((discovery_image / discovery.INITRD).read_bytes()),
         cwd=root,
         check=True,
         capture_output=True,
@@ -91,13 +91,13 @@ def test_image_manifest_size_and_tools_run(image: Path) -> None:
 
 
 @pytest.mark.slow
-def test_rebuild_from_the_cache_is_byte_identical(image: Path, tmp_path: Path) -> None:
-    cache = (image.parent / "cache" / discovery.SUBDIR).resolve()
+def test_rebuild_from_the_cache_is_byte_identical(discovery_image: Path, tmp_path: Path) -> None:
+    cache = (discovery_image.parent / "cache" / discovery.SUBDIR).resolve()
     debs = sorted(cache.glob("*.deb"))
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / discovery.SUBDIR).symlink_to(cache)
     again = discovery.build(tmp_path).to_dict()
-    first = json.loads((image / discovery.MANIFEST).read_text())
+    first = json.loads((discovery_image / discovery.MANIFEST).read_text())
     assert again["files"] == first["files"]
     assert sorted(cache.glob("*.deb")) == debs  # nothing downloaded: the re-run works offline
 

@@ -44,7 +44,7 @@ AFTER_INVENTORY = {"inspected", "unmatched", "awaiting-approval", "matched", "fa
 
 
 @pytest.fixture
-def site(lan: Lan, image: Path, tmp_path: Path) -> Iterator[Site]:
+def site(lan: Lan, discovery_image: Path, tmp_path: Path) -> Iterator[Site]:
     """``ztpd serve`` in the LAN's server namespace; an agent silent for 15 s fails."""
     require()
     if problems := missing():
@@ -53,7 +53,7 @@ def site(lan: Lan, image: Path, tmp_path: Path) -> Iterator[Site]:
     # start tcpdump, so the window is wide (a frame ends it at once).
     args = f"{DISCOVERY_ARGS} ztpd.lldp_wait=20"
     lifecycle = {"sweep_interval": 0.5, "agent_silence": 15}
-    with serve(lan, tmp_path, image, args, lifecycle=lifecycle) as s:
+    with serve(lan, tmp_path, discovery_image, args, lifecycle=lifecycle) as s:
         yield s
 
 

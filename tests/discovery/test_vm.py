@@ -93,19 +93,21 @@ def console(tmp: Path) -> str:
 
 
 @pytest.fixture
-def vm_lan(image: Path) -> Lan:
+def vm_lan(discovery_image: Path) -> Lan:
     require("qemu-system-x86_64", "dnsmasq")
     return Lan("disc")
 
 
-async def test_vm_reports_exactly_its_hardware(vm_lan: Lan, image: Path, tmp_path: Path) -> None:
+async def test_vm_reports_exactly_its_hardware(
+    vm_lan: Lan, discovery_image: Path, tmp_path: Path
+) -> None:
     with vm_lan as lan:
         srv = lan.host("srv", f"{SERVER}/24")
         start_dhcp(lan, tmp_path)
         sock = socket_in_netns(srv.name, SERVER, 8080)
         async for site in serve(tmp_path, silence=60, mac=BOOT_MAC, extra=[sock]):
             started = time.monotonic()
-            vm = start_vm(lan, tmp_path, image, site.token)
+            vm = start_vm(lan, tmp_path, discovery_image, site.token)
             nodes = Nodes(site.store)
             try:
                 node = await wait_node(nodes, site.node_id, {"inspected", "failed"}, "inventory")
