@@ -117,8 +117,3 @@ def start_vm(
     prepare(spec, files)
     with files.qemu_log.open("wb") as out:
         return switch.popen(qemu_argv(spec, files, "tcg", bmc=bmc), stdout=out)
-
-
-def console(files: VmFiles) -> str:
-    path = files.console
-    return path.read_text(errors="replace")[-3000:] if path.exists() else "(no console)"

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.discovery.pxe import DISCOVERY_ARGS, SERVER, Site, console, missing, serve, start_vm
+from tests.discovery.pxe import DISCOVERY_ARGS, SERVER, Site, missing, serve, start_vm
 from tests.netns import Lan, Netns, lan, require, wait_for
 from ztpd.lab.vm import Shape, VmFiles, VmSpec
 
@@ -144,7 +144,7 @@ def wait_node(site: Site, files: VmFiles, states: set[str], what: str) -> dict[s
         what,
         timeout=DEADLINE,
         step=0.5,
-        detail=lambda: f"--- console\n{console(files)}\n--- ztpd\n{site.log()}",
+        detail=lambda: f"--- console\n{files.console_text(3000)}\n--- ztpd\n{site.log()}",
     )
     return node
 
@@ -161,7 +161,7 @@ def test_pxe_vm_reports_its_hardware_bmc_and_lldp(
     start_lldpd(switch, tmp_path, lldpd_dir)  # once the taps exist
     node = wait_node(site, files, AFTER_INVENTORY, "the VM's inventory")
     took = time.monotonic() - started
-    assert node["state"] == "unmatched", (node, console(files))
+    assert node["state"] == "unmatched", (node, files.console_text(3000))
     print(f"power-on to inventory through PXE: {took:.1f}s")
 
     stored = site.api(f"/api/v1/nodes/{node['id']}/inventory")
@@ -202,7 +202,7 @@ def test_pxe_vm_reports_its_hardware_bmc_and_lldp(
         "the agent log to reach 'inventory accepted'",
         timeout=60,
         step=0.5,
-        detail=lambda: f"--- agent log\n{agent_log()}\n--- console\n{console(files)}",
+        detail=lambda: f"--- agent log\n{agent_log()}\n--- console\n{files.console_text(3000)}",
     )
     print("\n".join(ln for ln in text.splitlines() if ln.startswith("ztpd-")))
     assert "drivers loaded" in text and "ztpd.token" not in text

@@ -17,6 +17,7 @@ import pytest
 
 from tests.discovery.conftest import serve, socket_in_netns
 from tests.netns import Lan, require
+from ztpd.lab.vm import VmFiles
 from ztpd.model import Node
 from ztpd.store import Nodes
 
@@ -48,7 +49,7 @@ def start_vm(lan: Lan, tmp: Path, image: Path, token: str) -> subprocess.Popen[b
     argv = [
         "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", "2",
         "-nodefaults", "-nographic", "-display", "none", "-no-reboot",
-        "-serial", f"file:{tmp / 'console.txt'}",
+        "-serial", f"file:{VmFiles(tmp).console}",
         "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
         "-append", cmdline,
         "-smbios", f"type=1,manufacturer=ZtpdLab,product=EdgeBox,serial={SERIAL},uuid={UUID}",
@@ -87,11 +88,6 @@ async def wait_node(nodes: Nodes, node_id: int, states: set[str], what: str) -> 
     raise AssertionError(f"timed out after {DEADLINE:.0f}s waiting for {what}")
 
 
-def console(tmp: Path) -> str:
-    path = tmp / "console.txt"
-    return path.read_text(errors="replace")[-3000:] if path.exists() else "(no console)"
-
-
 @pytest.fixture
 def vm_lan(discovery_image: Path) -> Lan:
     require("qemu-system-x86_64", "dnsmasq")
@@ -112,9 +108,9 @@ async def test_vm_reports_exactly_its_hardware(
             try:
                 node = await wait_node(nodes, site.node_id, {"inspected", "failed"}, "inventory")
             except AssertionError:
-                raise AssertionError(console(tmp_path)) from None
+                raise AssertionError(VmFiles(tmp_path).console_text(3000)) from None
             took = time.monotonic() - started
-            assert node.state == "inspected", (node.reason, console(tmp_path))
+            assert node.state == "inspected", (node.reason, VmFiles(tmp_path).console_text(3000))
             print(f"power-on to inspected: {took:.1f}s")
 
             row = site.store.query_one("SELECT * FROM inventories WHERE node_id = ?", (node.id,))

@@ -199,8 +199,7 @@ class Vm:
     proc: subprocess.Popen[bytes] | None = None
 
     def console(self) -> str:
-        path = self.files.console
-        return path.read_text(errors="replace")[-4000:] if path.exists() else "(no console)"
+        return self.files.console_text(4000)
 
 
 def machine(site: Site, serial: str, index: int) -> Vm:
@@ -325,8 +324,8 @@ def test_image_deploy_end_to_end(site: Site) -> None:
 
         def booted_again() -> bool:
             # GRUB's line from the disk (the image's kernel is quiet); the console is this boot's.
-            text = vm.files.console.read_text(errors="replace")
-            return len(boot_scripts(site, node.id)) > seen and "Booting `Debian" in text
+            text = vm.files.console_text()
+            return len(boot_scripts(site, node.id)) > seen and osimage.GRUB_BOOTING in text
 
         wait_for(booted_again, "the second boot from disk", timeout=DEADLINE / 2, step=2)
         scripts = boot_scripts(site, node.id)

@@ -23,7 +23,7 @@ from ztpd.identity import Identity
 from ztpd.images import osimage
 from ztpd.install.backend import StoreInstallBackend
 from ztpd.install.render import Renderer
-from ztpd.lab.vm import OVMF_CODE, OVMF_VARS, QEMU, Firmware
+from ztpd.lab.vm import OVMF_CODE, OVMF_VARS, QEMU, Firmware, VmFiles
 from ztpd.lifecycle import Lifecycle, Trigger
 from ztpd.profiles.model import Os
 from ztpd.store import Nodes, Store
@@ -72,7 +72,7 @@ def _machine(tmp_path: Path, seed: Path, raw: Path, port: int, firmware: Firmwar
     return [
         QEMU, "-accel", "tcg", "-machine", "q35", "-smp", "2", "-m", "1024",
         "-nodefaults", "-no-user-config", "-display", "none",
-        "-serial", f"file:{tmp_path / 'console.log'}",
+        "-serial", f"file:{VmFiles(tmp_path).console}",
         *pflash,
         "-drive", f"if=virtio,format=qcow2,file={disk}",
         "-drive", f"if=virtio,format=raw,file={cidata}",
@@ -128,7 +128,6 @@ async def test_image_boots_and_calls_back(
         qemu = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
         )
-        console = tmp_path / "console.log"
         try:
             start = time.monotonic()
             while time.monotonic() - start < DEADLINE:
@@ -137,7 +136,7 @@ async def test_image_boots_and_calls_back(
                     break
                 await asyncio.sleep(2)
             done = await asyncio.to_thread(nodes.get, node.id)
-            tail = console.read_text(errors="replace")[-3000:] if console.exists() else ""
+            tail = VmFiles(tmp_path).console_text(3000)
             assert done.state == "deployed", f"state {done.state}; console:\n{tail}"
             keys = done.facts["ssh_host_keys"]
             assert keys and all(k.startswith(("ssh-", "ecdsa-")) for k in keys)

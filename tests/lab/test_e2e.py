@@ -35,6 +35,7 @@ from tests.daemon import REPO, ztpd_cmd
 from tests.disks import assert_wiped, debugfs_cat, partition_table, raw_copy
 from tests.lab.conftest import LabRun
 from tests.netns import require, wait_for
+from ztpd.images import osimage
 from ztpd.lifecycle import State
 from ztpd.model import Event
 
@@ -43,7 +44,6 @@ pytestmark = [pytest.mark.netns, pytest.mark.vm, pytest.mark.slow, pytest.mark.e
 MATCH_DEADLINE = 300.0  # ~60 s for one idle BIOS VM under TCG; others' tests share the cores
 DEPLOY_DEADLINE = 1500.0  # the image write is ~1 MB/s under TCG on a loaded 2-core host
 DISK_BOOT_DEADLINE = 480.0
-DISK_GRUB = "Booting `Debian"  # GRUB's line (on the serial console too) as it loads the OS
 RETIRE_DEADLINE = 300.0  # a discovery boot and a wipe of partition tables
 PATH_TO_DEPLOYED = [
     State.INSPECTING,
@@ -95,11 +95,6 @@ def boots(lab_run: LabRun, vm: str, after: int = 0) -> list[Event]:
 
 def last_event_id(lab_run: LabRun) -> int:
     return max((int(r["id"]) for r in lab_run.rows("SELECT id FROM events")), default=0)
-
-
-def console(lab_run: LabRun, vm: str) -> str:
-    path = lab_run.vm_files(vm).console
-    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def written(lab_run: LabRun, vm: str) -> bool:
@@ -281,7 +276,8 @@ def test_bios_uefi_late_profile_restarts_disk_boots_and_proxy_dhcp(
     newest = restart_losing_nothing(lab_run, signal.SIGTERM)
     for vm in ("vm1", "vm2"):
         wait_for(lambda: written(lab_run, vm), f"{vm}'s image written", DEPLOY_DEADLINE, 1)  # noqa: B023 (used at once)
-    assert "stream cut (try 1 of" in console(lab_run, streaming), f"{streaming} never retried"
+    retried = "stream cut (try 1 of" in lab_run.vm_files(streaming).console_text()
+    assert retried, f"{streaming} never retried"
     newest = restart_losing_nothing(lab_run, signal.SIGKILL)
 
     for vm in ("vm1", "vm2"):
@@ -309,7 +305,7 @@ def test_bios_uefi_late_profile_restarts_disk_boots_and_proxy_dhcp(
         # it at power-on). Its first boot already called back, so the test need not wait for
         # the login prompt; vm2 is stopped there, its cores go to the checks below.
         wait_for(
-            lambda: DISK_GRUB in console(lab_run, vm),  # noqa: B023 (used at once)
+            lambda: osimage.GRUB_BOOTING in lab_run.vm_files(vm).console_text(),  # noqa: B023
             f"{vm}'s GRUB booting the installed system",
             DISK_BOOT_DEADLINE,
             2,

@@ -1,4 +1,4 @@
-"""The VM plan and QEMU command line: pure functions, table-driven."""
+"""The VM plan, the QEMU command line and the VM's files: pure functions, table-driven."""
 
 from __future__ import annotations
 
@@ -94,3 +94,11 @@ def test_uefi_argv_has_ovmf_with_private_vars_and_no_nic_rom(tmp_path: Path) -> 
     assert files.vars.parent == tmp_path
     (nic,) = [d for d in _opts(argv, "-device") if d.startswith("virtio-net")]
     assert nic.startswith("virtio-net-pci,romfile=,") and "bootindex=1" in nic
+
+
+def test_console_text_is_empty_before_qemu_runs_then_its_tail(tmp_path: Path) -> None:
+    files = VmFiles(tmp_path)
+    assert files.console_text() == files.console_text(10) == ""
+    files.console.write_bytes(b"SeaBIOS\n\xff iPXE\nztpd-agent: start\n")
+    assert files.console_text() == "SeaBIOS\n\ufffd iPXE\nztpd-agent: start\n"
+    assert files.console_text(6) == "start\n"

@@ -61,6 +61,10 @@ ESP_LABEL = "ZTPD-ESP"
 ROOT_SLACK_MIB = 48  # journal (16) + first-boot writes before the root grows
 # quiet: under emulation every console byte costs a trap; errors still reach the console.
 KERNEL_ARGS = "ro quiet console=tty0 console=ttyS0,115200n8"
+GRUB_ENTRY = "Debian GNU/Linux"  # the image's one menu entry
+# What GRUB prints, on the serial console too, as it loads that entry: a console that shows it
+# is a machine booting the installed system from its disk.
+GRUB_BOOTING = f"Booting `{GRUB_ENTRY}'"
 BUILD_TIMEOUT = 1800
 CHROOT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # Kernel module trees a headless server or VM does without.
@@ -413,7 +417,7 @@ def _configure(root: Path, root_uuid: str) -> None:
     # Read by both loaders; edit it on the node to change kernel arguments.
     (grub / "grub.cfg").write_text(
         "set timeout=0\n"
-        'menuentry "Debian GNU/Linux" {\n'
+        f'menuentry "{GRUB_ENTRY}" {{\n'
         f"  search --no-floppy --fs-uuid {root_uuid} --set=root\n"
         f"  linux /vmlinuz root=UUID={root_uuid} {KERNEL_ARGS}\n"
         "  initrd /initrd.img\n"

@@ -135,6 +135,12 @@ class VmFiles:
     def console(self) -> Path:
         return self.dir / "console.log"
 
+    def console_text(self, tail: int | None = None) -> str:
+        """The serial console so far (its last ``tail`` characters); empty before QEMU runs."""
+        path = self.console
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return text[-tail:] if tail else text
+
     @property
     def qemu_log(self) -> Path:
         return self.dir / "qemu.log"
