@@ -64,6 +64,27 @@ def ztpd_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "ztpd", *args]
 
 
+def ztpd_env(**extra: str) -> dict[str, str]:
+    """This environment without its ZTPD_ variables (a developer's shell may set them), plus
+    ``extra``: a ztpd command sees only what its test gives it."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("ZTPD_")}, **extra}
+
+
+def ztpd_run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``ztpd args`` run to its end in the checkout, its output captured as text."""
+    return subprocess.run(
+        ztpd_cmd(*args),
+        env=ztpd_env(**(env or {})),
+        cwd=REPO,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 class Daemon:
     """A ``ztpd serve`` process; use as a context manager, or start()/stop() by hand."""
 

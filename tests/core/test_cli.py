@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import REPO, ztpd_cmd
+from tests.daemon import REPO, ztpd_cmd, ztpd_env, ztpd_run
 from ztpd.identity import Identity
 from ztpd.lifecycle import Lifecycle, Trigger
 from ztpd.store import Nodes, Store
@@ -20,11 +19,7 @@ from .conftest import TIMEOUTS
 
 
 def run(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZTPD_")}
-    env["ZTPD_STATE_DIR"] = str(state)
-    return subprocess.run(
-        ztpd_cmd(*args), env=env, cwd=REPO, text=True, capture_output=True, timeout=60, check=False
-    )
+    return ztpd_run(*args, env={"ZTPD_STATE_DIR": str(state)})
 
 
 @pytest.fixture
@@ -104,11 +99,9 @@ def test_actions_follow_the_lifecycle(seeded: Path) -> None:
 
 
 def test_events_follow_prints_new_events_and_stops_cleanly(seeded: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZTPD_")}
-    env["ZTPD_STATE_DIR"] = str(seeded)
     proc = subprocess.Popen(
         ztpd_cmd("events", "--follow", "--interval", "0.05"),
-        env=env,
+        env=ztpd_env(ZTPD_STATE_DIR=str(seeded)),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -139,17 +132,8 @@ def test_check_lists_template_problems_with_file_and_line(tmp_path: Path) -> Non
     templates = tmp_path / "boot-templates"
     shutil.copytree(REPO / "boot-templates", templates)
     (templates / "install" / "preseed" / "preseed.cfg.j2").write_text("ok\n{% if %}\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZTPD_")}
-    env.update(ZTPD_STATE_DIR=str(tmp_path / "state"), ZTPD_TEMPLATES_DIR=str(templates))
-    r = subprocess.run(
-        ztpd_cmd("check"),
-        env=env,
-        cwd=REPO,
-        text=True,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    env = {"ZTPD_STATE_DIR": str(tmp_path / "state"), "ZTPD_TEMPLATES_DIR": str(templates)}
+    r = ztpd_run("check", env=env)
     assert r.returncode == 1
     assert f"{templates}/install/preseed/preseed.cfg.j2:2:" in r.stderr
     assert "ztpd check: 1 problem(s)" in r.stderr

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.daemon import REPO, ztpd_cmd
+from tests.daemon import REPO, ztpd_run
 from ztpd import config
 from ztpd.errors import SourceError
 
@@ -117,21 +116,6 @@ def test_non_utf8_and_binary_files_are_refused() -> None:
         config.parse(b"\x00\x01\x02", "site.yaml", {}, Path("/"))
 
 
-def run(
-    *args: str, env: dict[str, str] | None = None, cwd: Path = REPO
-) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("ZTPD_")}
-    return subprocess.run(
-        ztpd_cmd(*args),
-        env={**full, **(env or {})},
-        cwd=cwd,
-        text=True,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
@@ -152,7 +136,7 @@ def test_serve_with_bad_config_exits_2_without_traceback(
     }
     if setup in content:
         cfg.write_text(f"state_dir: {tmp_path / 'state'}\n" + content[setup])
-    r = run("serve", "--config", str(cfg))
+    r = ztpd_run("serve", "--config", str(cfg))
     assert r.returncode == 2
     assert message in r.stderr
     assert str(cfg) in r.stderr
@@ -164,9 +148,9 @@ def test_unreadable_config_file(tmp_path: Path) -> None:
     cfg = tmp_path / "ztpd.yaml"
     cfg.write_text("log: {level: info}\n")
     cfg.chmod(0)
-    r = run("check", "--config", str(cfg), env={})
+    r = ztpd_run("check", "--config", str(cfg), env={})
     if os.geteuid() == 0:  # root reads anything: prove the message path with a directory instead
-        r = run("check", "--config", str(tmp_path))
+        r = ztpd_run("check", "--config", str(tmp_path))
         assert "cannot read config: Is a directory" in r.stderr
     else:
         assert "cannot read config: Permission denied" in r.stderr
@@ -176,7 +160,7 @@ def test_unreadable_config_file(tmp_path: Path) -> None:
 def test_state_dir_not_writable_exits_2(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    r = run("serve", env={"ZTPD_STATE_DIR": str(blocker / "sub")})
+    r = ztpd_run("serve", env={"ZTPD_STATE_DIR": str(blocker / "sub")})
     assert r.returncode == 2
     assert "state_dir" in r.stderr and "cannot be created" in r.stderr
     assert "Traceback" not in r.stderr
@@ -194,7 +178,7 @@ def test_newer_database_exits_2_and_is_untouched(tmp_path: Path) -> None:
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
     conn.close()
     before = hashlib.sha256((state / "ztpd.db").read_bytes()).hexdigest()
-    r = run("serve", env={"ZTPD_STATE_DIR": str(state)})
+    r = ztpd_run("serve", env={"ZTPD_STATE_DIR": str(state)})
     assert r.returncode == 2
     assert "newer than this ztpd understands" in r.stderr
     assert "Traceback" not in r.stderr

@@ -5,7 +5,6 @@ result; bad input is refused with the reason."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import write_config, ztpd_cmd
+from tests.daemon import write_config, ztpd_run
 from ztpd.errors import BadRequest, Conflict, ZtpdError
 from ztpd.images import importer, osimage, sha256
 from ztpd.install.deploy import find_image, write_image_action
@@ -203,11 +202,9 @@ def test_a_name_that_is_not_a_safe_path_component_is_refused(
 
 def test_the_cli_imports_and_reports_bad_input(disk: Path, tmp_path: Path) -> None:
     config = write_config(tmp_path / "ztpd.yaml", tmp_path / "state")
-    env = {**os.environ, "ZTPD_CONFIG": str(config)}
 
     def ztpd(*args: str) -> subprocess.CompletedProcess[str]:
-        argv = ztpd_cmd("images", *args)
-        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        return ztpd_run("images", *args, env={"ZTPD_CONFIG": str(config)}, timeout=300)
 
     done = ztpd("import", str(variant(disk, "qcow2")), "--name", "edge-os", "--json")
     assert done.returncode == 0, done.stderr

@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.daemon import serve_on_lan, ztpd_cmd
+from tests.daemon import serve_on_lan, ztpd_run
 from tests.disks import assert_wiped, debugfs_cat, partition_table, raw_copy
 from tests.netns import Lan, Netns, lan, require, wait_for
 from ztpd.errors import IllegalTransition
@@ -47,7 +47,7 @@ from ztpd.lifecycle import Lifecycle, Trigger
 from ztpd.model import Node
 from ztpd.store import Nodes, Store
 
-from .conftest import IMAGES, ROOT, inventory
+from .conftest import IMAGES, inventory
 
 __all__ = ["lan"]
 
@@ -351,11 +351,10 @@ def test_image_deploy_end_to_end(site: Site) -> None:
 
     # retire --wipe metadata: the next boot runs the agent, which erases every disk's tables
     # and signatures and reports; the node is retired and the agent powers the machine off.
-    retire = subprocess.run(
-        ztpd_cmd("node", "retire", "ZTIMG0001", "--wipe", "metadata",
-                 "--config", str(site.dir / "ztpd.yaml")),
-        capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
-    )  # fmt: skip
+    config = str(site.dir / "ztpd.yaml")
+    retire = ztpd_run(
+        "node", "retire", "ZTIMG0001", "--wipe", "metadata", "--config", config, timeout=120
+    )
     assert retire.returncode == 0 and "-> retiring" in retire.stdout, retire.stderr
     power_on(site, vm)
     try:

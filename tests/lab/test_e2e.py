@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.daemon import REPO, ztpd_cmd
+from tests.daemon import REPO, ztpd_run
 from tests.disks import assert_wiped, debugfs_cat, partition_table, raw_copy
 from tests.lab.conftest import LabRun
 from tests.netns import require, wait_for
@@ -190,10 +190,9 @@ def retire_wiping_metadata(lab_run: LabRun, vm: str, tmp_path: Path) -> None:
     node = lab_run.node(vm)
     assert node is not None
     config = str(lab_run.state / "ztpd.yaml")  # the lab ztpd's own
-    retire = subprocess.run(
-        ztpd_cmd("node", "retire", str(node.id), "--wipe", "metadata", "--config", config),
-        capture_output=True, text=True, timeout=120, check=False, cwd=REPO,
-    )  # fmt: skip
+    retire = ztpd_run(
+        "node", "retire", str(node.id), "--wipe", "metadata", "--config", config, timeout=120
+    )
     assert retire.returncode == 0 and "-> retiring" in retire.stdout, retire.stdout + retire.stderr
     lab_run.ok("reboot", vm)
     lab_run.wait_state(vm, {State.RETIRED}, RETIRE_DEADLINE)
