@@ -88,10 +88,8 @@ def ztpd_run(
 class Daemon:
     """A ``ztpd serve`` process; use as a context manager, or start()/stop() by hand."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path) -> None:
         self.config = config
-        self.env = {**os.environ, **(env or {})}
-        self.env.pop("ZTPD_CONFIG", None)
         cfg = yaml.safe_load(config.read_text())
         self.url = f"http://127.0.0.1:{cfg['http']['port']}"
         self.proc: subprocess.Popen[str] | None = None
@@ -100,7 +98,7 @@ class Daemon:
     def start(self, timeout: float = 30.0) -> Daemon:
         self.proc = subprocess.Popen(
             ztpd_cmd("serve", "--config", str(self.config)),
-            env=self.env,
+            env=ztpd_env(),
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
